@@ -1,0 +1,5 @@
+"""Allows ``python -m distilltune``."""
+
+from distilltune.cli import main
+
+main()

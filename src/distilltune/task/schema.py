@@ -1,0 +1,129 @@
+"""Typed models of the task card (format fixed in design.md).
+
+These models are the contract between the user's files and every later stage. They hold shape and
+type rules; cross-file rules (sources exist, facts appear in sources, regexes compile) live in
+``distilltune.task.load`` where file and line are known.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from distilltune.config import StrictModel
+
+PII_DETECTORS = ("email", "phone", "credit_card", "ssn", "iban", "ip_address")
+
+
+class DataPaths(StrictModel):
+    train: str = "train.jsonl"
+    eval: str = "eval.jsonl"
+    knowledge: str | None = "knowledge"
+    policy: str | None = "policy.yaml"
+    scenarios: str | None = "scenarios.jsonl"
+    adversarial: str | None = "adversarial.jsonl"
+
+
+class Budgets(StrictModel):
+    latency_p95_ms: float | None = Field(default=None, gt=0)
+    memory_mb: float | None = Field(default=None, gt=0)
+    min_quality: float | None = Field(default=None, ge=0, le=1)
+
+
+class TaskSpec(StrictModel):
+    name: str = Field(min_length=1)
+    description: str = ""
+    system_prompt: str = Field(min_length=1)
+    data: DataPaths = DataPaths()
+    budgets: Budgets = Budgets()
+
+
+class Message(StrictModel):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+    @model_validator(mode="after")
+    def _non_empty_assistant(self) -> Message:
+        if self.role == "assistant" and not self.content.strip():
+            raise ValueError("assistant turn is empty")
+        if self.role == "user" and not self.content.strip():
+            raise ValueError("user turn is empty")
+        return self
+
+
+class Conversation(StrictModel):
+    messages: list[Message] = Field(min_length=1)
+    facts: list[str] = []
+    sources: list[str] = []
+    id: str | None = None
+
+    @property
+    def answer(self) -> str:
+        """The final assistant turn: the target of evaluation."""
+        return self.messages[-1].content
+
+    @property
+    def prompt_messages(self) -> list[Message]:
+        """Everything before the final assistant turn."""
+        return self.messages[:-1]
+
+    @property
+    def question(self) -> str:
+        """The last user turn (what retrieval and the guard look at)."""
+        for m in reversed(self.messages[:-1]):
+            if m.role == "user":
+                return m.content
+        return ""
+
+
+class Expectation(StrictModel):
+    refuse: bool = False
+    contains: list[str] = []
+    not_contains: list[str] = []
+
+
+class Case(StrictModel):
+    """A behavioural or adversarial test: one prompt and what the reply must (not) do."""
+
+    id: str = Field(min_length=1)
+    prompt: str = Field(min_length=1)
+    expect: Expectation = Expectation()
+    kind: str | None = None
+
+
+class BlockedTopic(StrictModel):
+    name: str = Field(min_length=1)
+    description: str = ""
+    patterns: list[str] = []
+    examples: list[str] = []
+
+
+class CustomPII(StrictModel):
+    name: str = Field(min_length=1)
+    pattern: str
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_identifier(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", v):
+            raise ValueError("must be letters, digits and underscores, starting with a letter")
+        return v
+
+
+class PIIRules(StrictModel):
+    redact: list[Literal["email", "phone", "credit_card", "ssn", "iban", "ip_address"]] = [
+        "email",
+        "phone",
+        "credit_card",
+        "ssn",
+    ]
+    custom: list[CustomPII] = []
+
+
+class PolicySpec(StrictModel):
+    refusal_message: str = "I'm sorry, but I can't help with that."
+    blocked_topics: list[BlockedTopic] = []
+    pii: PIIRules = PIIRules()
+    protect_system_prompt: bool = True

@@ -1,0 +1,105 @@
+"""Shared fixtures: tiny Llama models built in-process with the bundled tokenizer, the tiny task card.
+
+No test downloads anything. ``DISTILLTUNE_HOME`` points at a per-session temporary directory so tests
+never touch the user's cache (slow tests that need the real teacher use the user's cache instead).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).parent
+TINY_TASK = TESTS / "data" / "tiny-task"
+REPO = TESTS.parent
+EXAMPLE_TASK = REPO / "examples" / "acme-support"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ["DISTILLTUNE_NO_REEXEC"] = "1"  # CLI tests run in-process or as plain subprocesses
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_home(tmp_path_factory):
+    if os.environ.get("DISTILLTUNE_TEST_USE_HOME") == "1":
+        yield
+        return
+    home = tmp_path_factory.mktemp("distilltune-home")
+    old = os.environ.get("DISTILLTUNE_HOME")
+    os.environ["DISTILLTUNE_HOME"] = str(home)
+    yield
+    if old is None:
+        os.environ.pop("DISTILLTUNE_HOME", None)
+    else:
+        os.environ["DISTILLTUNE_HOME"] = old
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(_isolated_home) -> Path:
+    from distilltune.models.bundled import bundled_tokenizer_dir
+
+    return bundled_tokenizer_dir()
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    tok.pad_token = tok.pad_token or tok.eos_token
+    return tok
+
+
+def build_tiny_llama(
+    tokenizer_dir: Path, out: Path, layers: int = 2, hidden: int = 32, seed: int = 0
+) -> Path:
+    """A random Llama with the bundled tokenizer's vocabulary, saved as a normal HF directory."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+        use_cache=True,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(cfg)
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer_dir) -> Path:
+    """2 layers, width 32: the stand-in for a student or a small base model."""
+    return build_tiny_llama(tokenizer_dir, tmp_path_factory.mktemp("tiny-model"), layers=2, hidden=32)
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_dir(tmp_path_factory, tokenizer_dir) -> Path:
+    """4 layers, width 64: the stand-in for a teacher (prunable to 2 layers)."""
+    return build_tiny_llama(
+        tokenizer_dir, tmp_path_factory.mktemp("tiny-teacher"), layers=4, hidden=64, seed=1
+    )
+
+
+@pytest.fixture()
+def tiny_task(tmp_path) -> Path:
+    """A writable copy of the tiny task card."""
+    dst = tmp_path / "tiny-task"
+    shutil.copytree(TINY_TASK, dst)
+    return dst
