@@ -1,0 +1,1 @@
+"""Evaluation: answer quality, groundedness, behaviour under the policy guard, efficiency."""
