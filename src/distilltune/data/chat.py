@@ -54,11 +54,8 @@ def with_system(system_prompt: str | None, messages: Sequence[dict]) -> list[dic
     return msgs
 
 
-def _render(tokenizer, messages: list[dict], generation_prompt: bool) -> list[int]:
-    out = tokenizer.apply_chat_template(
-        messages, tokenize=True, add_generation_prompt=generation_prompt, return_dict=True
-    )
-    return list(out["input_ids"])
+def _render_text(tokenizer, messages: list[dict], generation_prompt: bool) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
 
 
 def _end_ids(tokenizer) -> set[int]:
@@ -68,22 +65,25 @@ def _end_ids(tokenizer) -> set[int]:
 
 
 def _encode_full(tokenizer, messages: list[dict], label_all: bool) -> tuple[list[int], list[int]]:
-    ids = _render(tokenizer, messages, generation_prompt=False)
+    # Render text (fast) and tokenize once with character offsets; tokenizing inside
+    # apply_chat_template is ~500x slower per call, and masking needs one render per turn.
+    text = _render_text(tokenizer, messages, generation_prompt=False)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
     labels = [IGNORE_INDEX] * len(ids)
     ends = _end_ids(tokenizer)
     last_assistant = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
     for i, m in enumerate(messages):
         if m["role"] != "assistant" or (not label_all and i != last_assistant):
             continue
-        start = len(_render(tokenizer, messages[:i], generation_prompt=True))
-        stop = len(_render(tokenizer, messages[: i + 1], generation_prompt=False))
+        a = len(_render_text(tokenizer, messages[:i], generation_prompt=True))
+        b = len(_render_text(tokenizer, messages[: i + 1], generation_prompt=False))
         # Label the content and the end-of-turn token, not the template's trailing newline.
-        end = stop
-        for j in range(start, stop):
-            if ids[j] in ends:
-                end = j + 1
-                break
-        labels[start:end] = ids[start:end]
+        for j, (s, _) in enumerate(offsets):
+            if a <= s < b:
+                labels[j] = ids[j]
+                if ids[j] in ends:
+                    break
     return ids, labels
 
 
