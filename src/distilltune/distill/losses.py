@@ -1,0 +1,279 @@
+"""Knowledge-distillation losses as pure functions of tensors.
+
+Shapes: ``N`` positions (the answer tokens of a batch, already gathered), ``V`` vocabulary,
+``k`` cached teacher entries per position, ``H`` hidden width.
+
+Divergences (``divergence``), all per position and summed over the vocabulary, with
+``p`` = teacher, ``q`` = student:
+
+- ``fkl``  forward KL  KL(p‖q) (mode-covering, the classic Hinton KD);
+- ``rkl``  reverse KL  KL(q‖p) (mode-seeking, MiniLLM);
+- ``jsd``  generalised Jensen-Shannon (GKD, Agarwal et al. 2024):
+  β·KL(p‖m) + (1-β)·KL(q‖m) with m = β·p + (1-β)·q; β=0 is forward KL and β=1 reverse KL,
+  exactly as ``trl.experimental.gkd.GKDTrainer.generalized_jsd_loss`` defines it;
+- ``skl``  skew forward KL  KL(p‖α·p + (1-α)·q)  (DistiLLM, skew α);
+- ``srkl`` skew reverse KL  KL(q‖α·q + (1-α)·p);
+- ``tvd``  total variation  ½·Σ|p - q|.
+
+Temperature T divides both sides' logits and the divergence is multiplied by T² so gradient
+magnitudes stay comparable across temperatures (Hinton et al.). The cross-entropy on the labels is
+mixed in with weight ``alpha``: loss = alpha·CE + (1 - alpha)·T²·D.
+
+Memory: ``chunked_head_loss`` computes the vocabulary projection chunk by chunk *and* its gradient
+inside the forward pass, so the full-vocabulary logits of the student (and of the teacher, in online
+mode) exist for one chunk of positions at a time, never for the whole batch. Only the answer
+positions are projected at all (design.md: 1.24x faster and less memory than projecting every token).
+
+Cached top-k: the teacher stores, per position, its top-k log-probabilities, their ids and the log of
+the remaining mass. ``bucket_logprobs`` projects the student onto the same k+1 buckets (the k ids
+plus one "rest" bucket = logsumexp of the remaining logits), and the divergence is taken between the
+two (k+1)-bucket distributions. With T != 1 both bucket distributions are tempered the same way
+(the tail's mass at another temperature is not recoverable from its sum), which keeps the loss zero
+for identical models. Log-probabilities are floored at ``LOG_FLOOR`` so a zero-probability bucket
+contributes exactly zero and never NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+LOG_FLOOR = -1.0e4  # exp(LOG_FLOOR) == 0 in float32: "impossible", but finite (no inf * 0 = NaN)
+LossName = Literal["fkl", "rkl", "jsd", "skl", "srkl", "tvd"]
+LOSSES: tuple[str, ...] = ("fkl", "rkl", "jsd", "skl", "srkl", "tvd")
+
+
+def _kl(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+    """KL(p‖q) per position from log-probabilities [..., V] → [...]."""
+    return (logp.exp() * (logp - logq)).sum(-1)
+
+
+def _log_mix(logp: torch.Tensor, logq: torch.Tensor, w: float) -> torch.Tensor:
+    """log(w·p + (1-w)·q), computed in log space; w in (0, 1)."""
+    return torch.logaddexp(logp + math.log(w), logq + math.log1p(-w))
+
+
+def divergence(
+    student_logp: torch.Tensor,
+    teacher_logp: torch.Tensor,
+    loss: str = "fkl",
+    beta: float = 0.5,
+    skew: float = 0.1,
+) -> torch.Tensor:
+    """Per-position divergence between two distributions given as log-probabilities.
+
+    student_logp, teacher_logp: [..., V] (normalised over the last dim). Returns [...].
+    ``beta`` is the JSD interpolation (0 = forward KL, 1 = reverse KL); ``skew`` is DistiLLM's α.
+    """
+    q = student_logp.clamp(min=LOG_FLOOR)
+    p = teacher_logp.clamp(min=LOG_FLOOR)
+    if loss == "fkl":
+        return _kl(p, q)
+    if loss == "rkl":
+        return _kl(q, p)
+    if loss == "jsd":
+        if not 0.0 <= beta <= 1.0:
+            raise ValueError(f"jsd beta must be in [0, 1], got {beta}")
+        if beta == 0.0:
+            return _kl(p, q)
+        if beta == 1.0:
+            return _kl(q, p)
+        m = _log_mix(p, q, beta)
+        return beta * _kl(p, m) + (1.0 - beta) * _kl(q, m)
+    if loss in ("skl", "srkl"):
+        if not 0.0 <= skew < 1.0:
+            raise ValueError(f"skew alpha must be in [0, 1), got {skew}")
+        if skew == 0.0:
+            return _kl(p, q) if loss == "skl" else _kl(q, p)
+        if loss == "skl":
+            return _kl(p, _log_mix(p, q, skew))
+        return _kl(q, _log_mix(q, p, skew))
+    if loss == "tvd":
+        return 0.5 * (p.exp() - q.exp()).abs().sum(-1)
+    raise ValueError(f"unknown loss {loss!r}; expected one of {', '.join(LOSSES)}")
+
+
+def _position_mask(shape: torch.Size, labels: torch.Tensor | None, ignore_index: int, device) -> torch.Tensor:
+    if labels is None:
+        return torch.ones(shape, dtype=torch.bool, device=device)
+    return labels != ignore_index
+
+
+def kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    *,
+    loss: str = "fkl",
+    temperature: float = 1.0,
+    beta: float = 0.5,
+    skew: float = 0.1,
+    ignore_index: int = IGNORE_INDEX,
+    reduction: Literal["mean", "sum", "none"] = "mean",
+) -> torch.Tensor:
+    """Full-vocabulary distillation loss, T²-scaled.
+
+    student_logits, teacher_logits: [..., V]; labels: [...] (positions equal to ``ignore_index`` are
+    skipped; ``None`` keeps every position). "mean" divides by the number of kept positions and is 0
+    (with zero gradients) when there are none; "none" returns [...] with zeros at ignored positions.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    mask = _position_mask(student_logits.shape[:-1], labels, ignore_index, student_logits.device)
+    s = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    per_pos = divergence(s, t, loss, beta, skew) * (temperature**2)
+    per_pos = torch.where(mask, per_pos, torch.zeros_like(per_pos))
+    if reduction == "none":
+        return per_pos
+    total = per_pos.sum()
+    return total if reduction == "sum" else total / mask.sum().clamp(min=1)
+
+
+def bucket_logprobs(student_logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Project the student onto the teacher's top-k ids plus one rest bucket.
+
+    student_logits: [N, V]; ids: [N, k] (long). Returns [N, k+1] log-probabilities (normalised):
+    the log-probability of each id, then log(1 - Σ those), computed as the logsumexp of the
+    remaining logits (stable even when the top-k hold almost all the mass).
+    """
+    logits = student_logits.float()
+    lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+    top = logits.gather(-1, ids) - lse
+    rest = logits.scatter(-1, ids, float("-inf")).logsumexp(-1, keepdim=True) - lse
+    return torch.cat([top, rest.clamp(min=LOG_FLOOR)], dim=-1)
+
+
+def teacher_buckets(topk_logp: torch.Tensor, tail_logp: torch.Tensor) -> torch.Tensor:
+    """[N, k] top-k log-probs + [N] log tail mass → [N, k+1] bucket log-probs (renormalised).
+
+    Renormalising absorbs the fp16 rounding of the stored values (a few 1e-4 of mass).
+    """
+    b = torch.cat([topk_logp.float(), tail_logp.float()[:, None]], dim=-1).clamp(min=LOG_FLOOR)
+    return b - b.logsumexp(-1, keepdim=True)
+
+
+def temper(logp: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Re-temper a distribution given as log-probs: softmax(log p / T)."""
+    if temperature == 1.0:
+        return logp
+    return F.log_softmax(logp / temperature, dim=-1)
+
+
+def topk_kd_loss(
+    student_logits: torch.Tensor,
+    topk_logp: torch.Tensor,
+    topk_ids: torch.Tensor,
+    tail_logp: torch.Tensor,
+    *,
+    loss: str = "fkl",
+    temperature: float = 1.0,
+    beta: float = 0.5,
+    skew: float = 0.1,
+    reduction: Literal["mean", "sum", "none"] = "mean",
+) -> torch.Tensor:
+    """Distillation loss against a cached teacher top-k + tail bucket, T²-scaled.
+
+    student_logits: [N, V]; topk_logp: [N, k] teacher log-probs (any float dtype);
+    topk_ids: [N, k] integer ids; tail_logp: [N] log of the teacher's remaining mass.
+    Positions are all kept (gather the answer positions first). Returns a scalar or [N].
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    s = temper(bucket_logprobs(student_logits, topk_ids.long()), temperature)
+    t = temper(teacher_buckets(topk_logp, tail_logp), temperature)
+    per_pos = divergence(s, t, loss, beta, skew) * (temperature**2)
+    if reduction == "none":
+        return per_pos
+    total = per_pos.sum()
+    return total if reduction == "sum" else total / max(per_pos.numel(), 1)
+
+
+def mix_with_ce(kd: torch.Tensor, ce: torch.Tensor, alpha: float) -> torch.Tensor:
+    """alpha·CE + (1 - alpha)·KD; alpha = 0 is pure distillation, 1 is plain fine-tuning."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if alpha == 0.0:
+        return kd
+    if alpha == 1.0:
+        return ce
+    return alpha * ce + (1.0 - alpha) * kd
+
+
+ChunkFn = Callable[[torch.Tensor, int, int], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+class _ChunkedHead(torch.autograd.Function):
+    """Σ_chunks fn(hidden[s:e] @ Wᵀ + b) with the gradient computed chunk by chunk in forward.
+
+    Storing dL/dhidden [N, H] and dL/dW [V, H] instead of every chunk's [c, V] logits (and the
+    softmax intermediates the loss would save) is what keeps peak memory at one chunk of logits.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, fn, chunk_size, stats):
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        n = hidden.shape[0]
+        dh = torch.zeros_like(hidden) if need_h else None
+        dw = torch.zeros_like(weight) if need_w else None
+        db = torch.zeros_like(bias) if (bias is not None and need_b) else None
+        total = hidden.new_zeros((), dtype=torch.float32)
+        for s in range(0, n, chunk_size):
+            e = min(s + chunk_size, n)
+            h = hidden[s:e]
+            logits = F.linear(h, weight, bias).detach().requires_grad_(True)
+            with torch.enable_grad():
+                value, extra = fn(logits, s, e)
+                (g,) = torch.autograd.grad(value, logits)
+            g = g.to(hidden.dtype)
+            if dh is not None:
+                dh[s:e] = g @ weight
+            if dw is not None:
+                dw.addmm_(g.t(), h)
+            if db is not None:
+                db += g.sum(0)
+            total += value.detach().float()
+            for k, v in extra.items():
+                stats[k] = stats.get(k, 0.0) + v.detach().float()
+        ctx.save_for_backward(*(t for t in (dh, dw, db) if t is not None))
+        ctx.have = (dh is not None, dw is not None, db is not None)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        saved = list(ctx.saved_tensors)
+        out = []
+        for have in ctx.have:
+            out.append(saved.pop(0) * grad_out if have else None)
+        return (*out, None, None, None)
+
+
+def chunked_head_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    fn: ChunkFn,
+    chunk_size: int = 1024,
+    stats: dict[str, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Σ over position chunks of ``fn(logits_chunk, start, end)``, differentiable in hidden/weight/bias.
+
+    hidden: [N, H] (final hidden states at the loss positions); weight: [V, H]; bias: [V] or None.
+    ``fn`` returns (a scalar to differentiate — usually a *sum* over the chunk's positions —, a dict
+    of detached scalars to accumulate into ``stats``). Its gradient w.r.t. the logits is taken
+    inside; ``fn`` must not need gradients for anything but the logits (teacher tensors are
+    constants). Returns the summed scalar; divide by N (or the token count) outside.
+    """
+    if chunk_size < 1:
+        raise ValueError("chunk_size must be >= 1")
+    if stats is None:
+        stats = {}
+    if hidden.shape[0] == 0:
+        # No loss positions: a zero that still depends on the parameters (so backward is a no-op).
+        return (hidden.sum() * 0.0 + weight.sum() * 0.0).float()
+    return _ChunkedHead.apply(hidden, weight, bias, fn, chunk_size, stats)
