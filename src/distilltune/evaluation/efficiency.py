@@ -1,0 +1,221 @@
+"""Efficiency of a model as served: parameters, size on disk, load time, peak memory, latency, tokens/s.
+
+Memory and latency are measured in a *fresh subprocess* (``python -m distilltune.evaluation.efficiency
+SPEC_JSON``) that does what a serving process does and nothing else: import, load the model, build
+the guard and the retrieval index, then answer fixed prompts one at a time through
+``answer_requests``. Its ``ru_maxrss`` is therefore the serving process's peak resident memory, not
+polluted by the evaluation process (which may hold a teacher and every answer in memory).
+
+Settings are fixed so numbers compare across models: batch size 1, greedy decoding, a fixed
+``max_new_tokens``, the same prompts (the task's first eval items that expect an answer and that the
+input guard lets through, so every timed request reaches the model), ``warmup`` untimed answers first
+(the first forward pays one-off costs: allocator growth, kernel selection, lazy imports).
+
+- ``latency_ms``: wall time of one full request (guard, retrieval, prefill, decode, output guard);
+  p50 and p95 by linear interpolation;
+- ``prefill_tok_s``: prompt tokens ÷ time to the first new token, pooled over the timed requests;
+- ``decode_tok_s``: new tokens after the first ÷ the time spent producing them, pooled;
+- ``size_bytes``: bytes on disk of what must be loaded to serve (model dir; adapter + its base); a
+  model built in memory (student spec, hub id) reports its parameter bytes (``size_kind``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+from distilltune.errors import UserError
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolation percentile (numpy's default), ``q`` in 0..100."""
+    if not values:
+        raise ValueError("percentile of no values")
+    xs = sorted(values)
+    pos = (len(xs) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def summarize_timings(answers: list, latencies_s: list[float]) -> dict:
+    """Latency percentiles and pooled prefill / decode throughput of timed batch-1 answers."""
+    gen = [a for a in answers if a.new_tokens > 0]
+    prefill_s = sum(a.prefill_s for a in gen)
+    decode = [a for a in gen if a.new_tokens > 1]
+    decode_s = sum(a.decode_s for a in decode)
+    ms = [s * 1000 for s in latencies_s]
+    return {
+        "latency_ms": {
+            "p50": percentile(ms, 50),
+            "p95": percentile(ms, 95),
+            "mean": sum(ms) / len(ms),
+            "max": max(ms),
+        },
+        "prefill_tok_s": sum(a.prompt_tokens for a in gen) / prefill_s if prefill_s > 0 else None,
+        "decode_tok_s": sum(a.new_tokens - 1 for a in decode) / decode_s if decode_s > 0 else None,
+        "prefill_ms_p50": percentile([a.prefill_s * 1000 for a in gen], 50) if gen else None,
+        "mean_prompt_tokens": sum(a.prompt_tokens for a in gen) / len(gen) if gen else None,
+        "mean_new_tokens": sum(a.new_tokens for a in gen) / len(gen) if gen else None,
+        "finished_share": sum(bool(a.finished) for a in gen) / len(gen) if gen else None,
+        "timed_requests": len(latencies_s),
+        "generated_requests": len(gen),
+    }
+
+
+def _param_bytes(model) -> int:
+    seen: set[int] = set()
+    total = 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel() * p.element_size()
+    return total
+
+
+def serving_size(ref: str, model) -> tuple[int, str]:
+    """(bytes, kind): on-disk bytes needed to serve ``ref``, or the in-memory parameter bytes."""
+    import json as _json
+
+    from distilltune.models.bundled import bundled_model_dir
+    from distilltune.models.info import dir_size_bytes
+    from distilltune.models.resolve import is_student_spec, resolve_path
+
+    if is_student_spec(ref):
+        return _param_bytes(model), "param_bytes"
+    kind, path = resolve_path(ref)
+    if kind == "builtin":
+        return dir_size_bytes(bundled_model_dir(ref)), "disk"
+    if kind in ("dir", "gguf"):
+        return dir_size_bytes(path), "disk"
+    if kind == "adapter":
+        base = _json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
+        base_bytes, base_kind = serving_size(base, model)
+        return dir_size_bytes(path) + base_bytes, base_kind
+    return _param_bytes(model), "param_bytes"
+
+
+def serving_prompts(task, guard, n: int) -> list[list[dict]]:
+    """The first ``n`` eval conversations that expect an answer and pass the input guard (cycled if few)."""
+    pool = []
+    for conv in task.eval:
+        if task.is_refusal(conv):
+            continue
+        if guard is not None and guard.check_input(conv.question).action == "refuse":
+            continue
+        pool.append([m.model_dump() for m in conv.prompt_messages])
+    if not pool:
+        raise UserError(
+            f"{task.root}: no eval item expects an answer that the input guard allows; cannot time"
+        )
+    return [pool[i % len(pool)] for i in range(n)]
+
+
+def probe(spec: dict) -> dict:
+    """Run inside the fresh process: load, warm up, time ``spec['prompts']`` batch-1 requests."""
+    from distilltune.evaluation.answer import answer_requests, build_pipeline
+    from distilltune.models import load_model, model_info
+    from distilltune.policy import GuardConfig
+    from distilltune.runtime import set_threads
+    from distilltune.task import load_task
+
+    threads = set_threads()
+    task = load_task(spec["task"])
+    t0 = time.perf_counter()
+    loaded = load_model(spec["model"], teacher=spec.get("teacher"), dtype=spec.get("dtype", "float32"))
+    load_s = time.perf_counter() - t0
+    rss_after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t0 = time.perf_counter()
+    pipe = build_pipeline(
+        task,
+        loaded.tokenizer,
+        rag=spec["rag"],
+        k=spec["k"],
+        max_context_tokens=spec["max_context_tokens"],
+        guard_config=GuardConfig.model_validate(spec.get("guard") or {}),
+    )
+    pipeline_s = time.perf_counter() - t0
+    prompts = serving_prompts(task, pipe.guard, spec["warmup"] + spec["prompts"])
+
+    def one(conv):
+        return answer_requests(
+            loaded.model,
+            loaded.tokenizer,
+            pipe.guard,
+            pipe.prompter,
+            [conv],
+            max_new_tokens=spec["max_new_tokens"],
+            batch_size=1,
+        )[0]
+
+    for conv in prompts[: spec["warmup"]]:
+        one(conv)
+    answers, latencies = [], []
+    for conv in prompts[spec["warmup"] :]:
+        t = time.perf_counter()
+        answers.append(one(conv))
+        latencies.append(time.perf_counter() - t)
+    size, size_kind = serving_size(spec["model"], loaded.model)
+    return {
+        "params": model_info(loaded.model).params,
+        "size_bytes": size,
+        "size_kind": size_kind,
+        "load_s": load_s,
+        "pipeline_s": pipeline_s,
+        "rss_after_load_mb": rss_after_load,
+        **summarize_timings(answers, latencies),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "settings": {
+            "batch_size": 1,
+            "decoding": "greedy",
+            "max_new_tokens": spec["max_new_tokens"],
+            "warmup": spec["warmup"],
+            "prompts": spec["prompts"],
+            "rag": spec["rag"],
+            "threads": threads,
+            "dtype": spec.get("dtype", "float32"),
+        },
+    }
+
+
+def measure(spec: dict, timeout_s: float = 1800.0) -> dict:
+    """Run ``probe(spec)`` in a fresh Python process and return its result."""
+    cmd = [sys.executable, "-m", "distilltune.evaluation.efficiency", json.dumps(spec)]
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", TRANSFORMERS_VERBOSITY="error")
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
+    except subprocess.TimeoutExpired:
+        raise UserError(
+            f"efficiency measurement of {spec['model']!r} took longer than {timeout_s:.0f} s "
+            "(raise efficiency.timeout_s or lower efficiency.prompts)"
+        ) from None
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    if proc.returncode != 0 or not lines:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-8:])
+        raise UserError(
+            f"efficiency measurement of {spec['model']!r} failed (exit {proc.returncode}):\n{tail}"
+        )
+    result = json.loads(lines[-1])
+    if "error" in result:
+        raise UserError(result["error"])
+    return result
+
+
+def _main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m distilltune.evaluation.efficiency SPEC_JSON", file=sys.stderr)
+        return 2
+    try:
+        result = probe(json.loads(argv[0]))
+    except UserError as e:
+        result = {"error": e.message}
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
