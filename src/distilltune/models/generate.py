@@ -10,6 +10,7 @@ student may never emit it.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 
@@ -28,12 +29,20 @@ class Generation:
 
 
 def stop_token_ids(tokenizer) -> list[int]:
+    """End-of-turn ids: the tokenizer's EOS plus the common chat end tokens it knows (memoized)."""
+    cached = getattr(tokenizer, "_distilltune_stop_ids", None)
+    if cached is not None:
+        return cached
     ids = {tokenizer.eos_token_id}
+    unk = tokenizer.unk_token_id
     for t in ("<|im_end|>", "<|eot_id|>", "<|endoftext|>"):
-        tid = tokenizer.convert_tokens_to_ids(t) if t in tokenizer.get_vocab() else None
-        if tid is not None:
+        tid = tokenizer.convert_tokens_to_ids(t)
+        if isinstance(tid, int) and tid != unk:
             ids.add(tid)
-    return sorted(i for i in ids if i is not None)
+    out = sorted(i for i in ids if i is not None)
+    with contextlib.suppress(AttributeError):
+        tokenizer._distilltune_stop_ids = out
+    return out
 
 
 def uses_prefix_tuning(model) -> bool:
