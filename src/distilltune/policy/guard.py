@@ -1,0 +1,204 @@
+"""The policy guard: every input and output passes through it, and every verdict is a typed object.
+
+Input side, in order: PII spans are found and replaced by typed placeholders (``[EMAIL]``) in
+``redacted_text`` — the only version of the text a model, a log, a cache or a report may see;
+blocked topics are matched (the task's regexes, optionally semantic similarity to the topics'
+examples); a request for the system prompt is a ``prompt_extraction`` (refused when the policy
+protects the system prompt); injection heuristics raise ``risk``, and the guard refuses on them
+only when they stack past ``injection_refuse_risk``.
+
+Output side: PII is redacted again, an answer that shares a long n-gram with the system prompt is a
+leak (refused), and a model refusal in any wording is replaced by the policy's exact message.
+
+``GuardDecision.to_dict()`` holds offsets, labels and the redacted text — never the raw input.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import Field
+
+from distilltune.config import StrictModel
+from distilltune.policy.injection import extraction_spans, injection_risk, injection_signals
+from distilltune.policy.leakage import LeakDetector
+from distilltune.policy.pii import PIIRedactor, Span
+from distilltune.policy.topics import Calibration, Embed, RegexTopics, SemanticTopics, calibrate_threshold
+from distilltune.task.schema import PolicySpec
+
+Action = Literal["allow", "redact", "refuse"]
+
+
+class GuardConfig(StrictModel):
+    """Tunable parts of the guard (the policy itself lives in the task's policy.yaml)."""
+
+    injection_refuse_risk: float = Field(
+        default=0.7, ge=0, le=1, description="refuse on injection signals alone at or above this risk"
+    )
+    semantic_topics: bool = Field(
+        default=False, description="also match blocked topics by embedding similarity to their examples"
+    )
+    semantic_threshold: float | None = Field(
+        default=None,
+        ge=-1,
+        le=1,
+        description="cosine threshold; None = calibrate on the task's in-scope questions (Guard.for_task)",
+    )
+    embedding_model: str | None = Field(
+        default=None, description="sentence-transformers dir for semantic topics (None = bundled MiniLM)"
+    )
+    leak_ngram_words: int = Field(default=6, ge=3, description="shared word run that counts as a leak")
+
+
+@dataclass(frozen=True)
+class GuardDecision:
+    """One verdict. ``redacted_text`` is what may be shown to a model (input) or a user (output)."""
+
+    action: Action
+    reasons: list[str] = field(default_factory=list)
+    spans: list[Span] = field(default_factory=list)
+    redacted_text: str = ""
+    risk: float = 0.0
+
+    @property
+    def refused(self) -> bool:
+        return self.action == "refuse"
+
+    @property
+    def pii_spans(self) -> list[Span]:
+        return [s for s in self.spans if s.kind == "pii"]
+
+    def to_dict(self) -> dict:
+        return {
+            "action": self.action,
+            "reasons": list(self.reasons),
+            "risk": self.risk,
+            "redacted_text": self.redacted_text,
+            "spans": [s.to_dict() for s in self.spans],
+        }
+
+
+_GENERIC_REFUSAL = re.compile(
+    r"^\W*(?:i'?m\s+sorry|i\s+am\s+sorry|sorry|i\s+apologi[sz]e|unfortunately)?[,.!]?\s*(?:but\s+)?i\s+(?:can'?t|cannot|can\s+not|won'?t|am\s+not\s+able\s+to|'m\s+not\s+able\s+to)"
+    r"\s+(?:help|assist)\s+(?:you\s+)?with\s+(?:that|this)",
+    re.IGNORECASE,
+)
+
+
+def _dedupe(items: list[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+class Guard:
+    """``check_input`` / ``check_output`` for one task's policy. Cheap to build; thread-safe to use."""
+
+    def __init__(
+        self,
+        policy: PolicySpec,
+        system_prompt: str | None = None,
+        config: GuardConfig | None = None,
+        embed: Embed | None = None,
+    ):
+        self.policy = policy
+        self.config = config or GuardConfig()
+        self.system_prompt = system_prompt or ""
+        self.pii = PIIRedactor(policy.pii.redact, [(c.name, c.pattern) for c in policy.pii.custom])
+        self.topics = RegexTopics(policy.blocked_topics)
+        self.leaks = LeakDetector(self.system_prompt, self.config.leak_ngram_words)
+        self.semantic: SemanticTopics | None = None
+        self.calibration: Calibration | None = None
+        if self.config.semantic_topics and any(t.examples for t in policy.blocked_topics):
+            if embed is None:
+                from distilltune.retrieval.embed import load_embedder
+
+                embed = load_embedder(self.config.embedding_model).encode
+            threshold = self.config.semantic_threshold
+            self.semantic = SemanticTopics(
+                policy.blocked_topics, embed, 1.01 if threshold is None else threshold
+            )
+
+    @classmethod
+    def for_task(cls, task, config: GuardConfig | None = None, embed: Embed | None = None) -> Guard:
+        """A guard for a loaded ``Task``; calibrates the semantic threshold on its data when unset.
+
+        Calibration: in-scope = user turns of train conversations whose answer is not the refusal;
+        blocked = the topics' examples' siblings, i.e. the user turns of train refusal items.
+        """
+        guard = cls(task.policy, task.system_prompt, config, embed)
+        if guard.semantic is not None and guard.config.semantic_threshold is None:
+            in_scope = [c.question for c in task.train if not task.is_refusal(c)]
+            blocked = [c.question for c in task.train if task.is_refusal(c)]
+            guard.calibration = calibrate_threshold(guard.semantic, in_scope, blocked)
+            guard.semantic.threshold = guard.calibration.threshold
+        return guard
+
+    @property
+    def refusal_message(self) -> str:
+        return self.policy.refusal_message
+
+    def check_input(self, text: str) -> GuardDecision:
+        pii = self.pii.find(text)
+        redacted, _ = self.pii.redact(text, pii)
+        reasons = _dedupe([f"pii:{s.label}" for s in pii])
+        spans: list[Span] = list(pii)
+        refuse = False
+
+        topic_spans = self.topics.find(text)
+        spans += topic_spans
+        for name in _dedupe([s.label for s in topic_spans]):
+            reasons.append(f"blocked_topic:{name}")
+            refuse = True
+        if self.semantic is not None:
+            # Embed the redacted text: the embedding model is a downstream consumer too.
+            regex_names = {s.label for s in topic_spans}
+            for score in self.semantic.find(redacted):
+                if score.topic not in regex_names:
+                    reasons.append(f"blocked_topic_semantic:{score.topic}")
+                    refuse = True
+
+        extraction = extraction_spans(text)
+        signals = injection_signals(text)
+        spans += extraction + signals
+        risk = injection_risk(signals)
+        reasons += _dedupe([f"injection:{s.label}" for s in signals])
+        if extraction:
+            risk = round(1 - (1 - risk) * 0.2, 4)
+            reasons.append("prompt_extraction")
+            refuse = refuse or self.policy.protect_system_prompt
+        if risk >= self.config.injection_refuse_risk and not extraction:
+            reasons.append("injection_risk")
+            refuse = True
+
+        action: Action = "refuse" if refuse else ("redact" if pii else "allow")
+        spans.sort(key=lambda s: (s.start, s.end))
+        return GuardDecision(action, reasons, spans, redacted, risk)
+
+    def check_output(self, text: str) -> GuardDecision:
+        pii = self.pii.find(text)
+        redacted, _ = self.pii.redact(text, pii)
+        reasons = _dedupe([f"pii:{s.label}" for s in pii])
+        spans: list[Span] = list(pii)
+        refuse = False
+        if self.policy.protect_system_prompt:
+            leaks = self.leaks.find(text)
+            if leaks:
+                spans += leaks
+                reasons.append("system_prompt_leak")
+                refuse = True
+        if self._is_refusal(text):
+            reasons.append("model_refusal")
+            refuse = True
+        action: Action = "refuse" if refuse else ("redact" if pii else "allow")
+        if refuse:
+            redacted = self.refusal_message
+        spans.sort(key=lambda s: (s.start, s.end))
+        return GuardDecision(
+            action, reasons, spans, redacted, 1.0 if "system_prompt_leak" in reasons else 0.0
+        )
+
+    def _is_refusal(self, text: str) -> bool:
+        from distilltune.evaluation.metrics import is_refusal
+
+        return is_refusal(text, self.refusal_message) or bool(_GENERIC_REFUSAL.search(text.strip()))
