@@ -1,0 +1,223 @@
+"""``run_finetune(cfg)``: validate, load, apply the method, run the shared loop, write the run dir.
+
+The order matters for the user: every config problem (unknown keys and types are caught by the
+typed config; task card errors, LoRA target modules that match nothing, a method that does not fit
+the model, an unfinished output dir) is collected and reported at once *before* any weight is
+loaded: the architecture is checked on the meta device. A finished run dir (marker ``.complete``,
+written last) is returned as is, so ``compare`` can call this idempotently; ``resume=True``
+continues an unfinished one from its latest complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+from pathlib import Path
+
+import torch
+
+from distilltune.config import read_yaml, to_yaml
+from distilltune.errors import Problem, UserError
+from distilltune.io import atomic_write_text
+from distilltune.train.artifacts import (
+    base_reference,
+    is_complete,
+    mark_complete,
+    model_card,
+    save_base_model,
+    save_trained,
+    write_card_and_summary,
+)
+from distilltune.train.checkpoint import list_checkpoints
+from distilltune.train.config import FinetuneConfig
+from distilltune.train.progress import LineReporter, Reporter
+
+
+def _diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _diff_keys(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}")
+    return out
+
+
+def validate(cfg: FinetuneConfig, resume: bool = False):
+    """Check everything that can be checked without weights; return the loaded task."""
+    from distilltune.task import load_task
+    from distilltune.train.methods import check_method, meta_model
+
+    problems: list[Problem] = []
+    task = None
+    try:
+        task = load_task(cfg.task)
+    except UserError as e:
+        problems += e.problems or [Problem(cfg.task, e.message, field="task")]
+    try:
+        skeleton, base_peft = meta_model(cfg.model, cfg.teacher)
+        problems += check_method(cfg, skeleton, base_peft)
+        del skeleton
+    except UserError as e:
+        problems += [Problem("<config>", e.message, field="model"), *e.problems]
+    except (OSError, ValueError, KeyError) as e:
+        problems.append(Problem("<config>", f"cannot read the model's config: {e}", field="model"))
+    if task is not None:
+        if not task.train:
+            problems.append(Problem(cfg.task, "the task has no training conversations", field="data.train"))
+        if cfg.rag and not task.knowledge:
+            problems.append(
+                Problem(cfg.task, "rag: true needs knowledge documents, and the task has none", field="rag")
+            )
+    out = Path(cfg.output)
+    if out.exists() and not out.is_dir():
+        problems.append(Problem("<config>", f"{out} exists and is not a directory", field="output"))
+    elif out.is_dir() and not is_complete(out):
+        has_run = (out / "config.yaml").exists() or bool(list_checkpoints(out))
+        if has_run and not resume:
+            problems.append(
+                Problem(
+                    "<config>",
+                    f"{out} holds an unfinished run; pass --resume to continue it or choose another --output",
+                    field="output",
+                )
+            )
+        if resume and (out / "config.yaml").exists():
+            before = read_yaml(out / "config.yaml")
+            changed = _diff_keys(before, cfg.resolved().model_dump(mode="json"))
+            if changed:
+                problems.append(
+                    Problem(
+                        str(out / "config.yaml"),
+                        f"--resume needs the same config as the interrupted run; changed: {', '.join(changed)}",
+                    )
+                )
+    errors = [p for p in problems if p.severity == "error"]
+    if errors:
+        n = len(errors)
+        raise UserError(f"cannot fine-tune: {n} problem{'s' if n != 1 else ''}", problems)
+    return task
+
+
+def make_prompter(cfg: FinetuneConfig, task, tokenizer):
+    """The server's prompt assembly (system prompt + retrieved context) when rag is on, else None."""
+    if not cfg.rag:
+        return None
+    from distilltune.retrieval import GroundedPrompter, KnowledgeIndex
+
+    index = KnowledgeIndex.open(task, cfg.retrieval)
+    return GroundedPrompter(
+        task.system_prompt,
+        tokenizer,
+        index=index,
+        k=cfg.retrieval.k,
+        max_context_tokens=cfg.retrieval.max_context_tokens,
+    )
+
+
+def _count_params(model: torch.nn.Module) -> tuple[int, int]:
+    seen: set[int] = set()
+    total = trainable = 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+            trainable += p.numel() if p.requires_grad else 0
+    return total, trainable
+
+
+def run_finetune(cfg: FinetuneConfig, resume: bool = False, reporter: Reporter | None = None) -> Path:
+    """Fine-tune ``cfg.model`` on ``cfg.task`` with ``cfg.method``; returns the run directory."""
+    from distilltune.models import load_model
+    from distilltune.train.data import build_examples
+    from distilltune.train.evaluator import make_evaluator
+    from distilltune.train.loop import make_accelerator, train_loop
+    from distilltune.train.methods import apply_method, trainable_line
+    from distilltune.train.objectives import causal_lm_objective
+
+    out = Path(cfg.output)
+    reporter = reporter or LineReporter(sys.stderr)
+    if is_complete(out):
+        reporter.message(f"{out} is already complete; nothing to do")
+        return out
+    task = validate(cfg, resume)
+    cfg = cfg.resolved()
+    acc = make_accelerator(cfg.train.precision)
+    main = acc.is_main_process
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.yaml", to_yaml(cfg))
+    acc.wait_for_everyone()
+
+    torch.manual_seed(cfg.train.seed)  # method initialisation (LoRA A matrices, adapters)
+    loaded = load_model(cfg.model, teacher=cfg.teacher, trainable=True)
+    tokenizer = loaded.tokenizer
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    base_path = base_reference(cfg.model, loaded.kind, loaded.source)
+    if cfg.method != "full" and (base_path is None or loaded.kind == "adapter"):
+        from distilltune.train.methods import merge_if_adapter
+
+        base = merge_if_adapter(loaded.model)
+        if main:
+            save_base_model(base, tokenizer, out / "base-model")
+        acc.wait_for_everyone()
+        base_path = str((out / "base-model").resolve())
+        loaded.model = base
+    model = apply_method(loaded.model, cfg)
+    total_params, trainable_params = _count_params(model)
+    if main:
+        reporter.message(f"{cfg.method} on {cfg.model}: {trainable_line(model)}")
+
+    prompter = make_prompter(cfg, task, tokenizer)
+    examples, stats = build_examples(
+        task.train, tokenizer, task.system_prompt, cfg.train.max_length, prompter
+    )
+    if main:
+        reporter.message(f"training data: {stats.line()}" + (" (with retrieved context)" if cfg.rag else ""))
+    evaluator = make_evaluator(task.eval, tokenizer, cfg.train, task.system_prompt, prompter)
+    result = train_loop(
+        model=model,
+        examples=examples,
+        objective=causal_lm_objective,
+        settings=cfg.train,
+        lr=cfg.lr(),
+        run_dir=out,
+        pad_id=tokenizer.pad_token_id,
+        evaluator=evaluator,
+        reporter=reporter,
+        resume=resume,
+        accelerator=acc,
+    )
+    if main:
+        train_rows = [r for r in result.history if r.get("type") == "train"]
+        summary = {
+            "method": cfg.method,
+            "model": cfg.model,
+            "base_path": base_path,
+            "task": task.name,
+            "total_params": total_params,
+            "trainable_params": trainable_params,
+            "train_examples": len(examples),
+            "train_loss_tokens": stats.loss_tokens,
+            "final_step": result.final_step,
+            "total_steps": result.total_steps,
+            "stopped": result.stopped,
+            "resumed_from": result.resumed_from,
+            "best_step": result.best_step,
+            "best_eval": result.best_eval,
+            "last_eval": result.last_eval,
+            "train_seconds": result.train_seconds,
+            "tokens_per_s": (
+                sum(r["tokens_per_s"] for r in train_rows) / len(train_rows) if train_rows else 0.0
+            ),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "processes": acc.num_processes,
+        }
+        artifact = save_trained(result.model, tokenizer, cfg.method, out, base_path)
+        write_card_and_summary(out, artifact, model_card(cfg, summary, task), summary)
+        mark_complete(out)
+        reporter.message(f"done: {artifact}")
+    acc.wait_for_everyone()
+    return out
