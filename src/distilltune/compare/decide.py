@@ -1,0 +1,263 @@
+"""Budgets, Pareto frontiers and the recommendation.
+
+The rule, in order:
+
+1. Among the strategies that meet every budget (p95 latency, peak memory, minimum quality), take the
+   best-quality one (the *anchor*). Among the anchor and the budget-meeting strategies statistically
+   tied with it (``stats.compare_items`` says "tie"), recommend the cheapest: lowest p95 latency,
+   then lowest peak memory. A difference inside the noise of the eval set buys nothing.
+2. When no strategy meets every budget, recommend the point on the Pareto frontier (quality up,
+   latency and memory down) nearest to the budgets: smallest root-sum-square of the relative
+   shortfalls, so 10 % over the latency budget weighs the same as 10 % over the memory budget.
+
+A budget whose metric was not measured is not met: the report never assumes a number.
+The reason is one sentence with the numbers that decided it. Pure functions; the caller injects the
+pairwise comparison so this module does no statistics of its own.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+
+from distilltune.compare import fmt
+from distilltune.compare.stats import Comparison
+from distilltune.task import Budgets
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """What the decision needs to know about one strategy."""
+
+    name: str
+    quality: float | None
+    latency_p95_ms: float | None
+    memory_mb: float | None
+
+
+@dataclass(frozen=True)
+class BudgetCheck:
+    """One budget against one strategy; ``text`` reads like "p95 812 ms ≤ 2000 ms"."""
+
+    budget: str  # "latency_p95_ms" | "memory_mb" | "min_quality"
+    limit: float
+    value: float | None
+    ok: bool
+    shortfall: float  # relative amount by which the budget is missed; 0 when met, inf when unmeasured
+    text: str
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["shortfall"] = None if math.isinf(self.shortfall) else self.shortfall
+        return d
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    strategy: str | None
+    reason: str
+    meets_budgets: bool
+    rule: str  # "best-within-budgets" | "tied-and-cheaper" | "nearest-to-budgets" | "none"
+    anchor: str | None = None  # best-quality strategy within budgets, whose ties were considered
+    tied_with_anchor: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _cost_check(
+    name: str, label: str, missing: str, unit_fmt: Callable, value: float | None, limit: float
+) -> BudgetCheck:
+    if value is None:
+        return BudgetCheck(name, limit, None, False, math.inf, f"{missing} not measured")
+    ok = value <= limit
+    text = f"{label}{unit_fmt(value)} {'≤' if ok else '>'} {unit_fmt(limit)}"
+    return BudgetCheck(name, limit, value, ok, max(0.0, value / limit - 1.0), text)
+
+
+def check_budgets(c: Candidate, budgets: Budgets) -> list[BudgetCheck]:
+    """One check per budget that is set, in the order latency, memory, quality."""
+    checks = []
+    if budgets.latency_p95_ms is not None:
+        checks.append(
+            _cost_check(
+                "latency_p95_ms", "p95 ", "p95 latency", fmt.ms, c.latency_p95_ms, budgets.latency_p95_ms
+            )
+        )
+    if budgets.memory_mb is not None:
+        checks.append(_cost_check("memory_mb", "", "peak memory", fmt.mb, c.memory_mb, budgets.memory_mb))
+    if budgets.min_quality is not None:
+        limit = budgets.min_quality
+        if c.quality is None:
+            checks.append(BudgetCheck("min_quality", limit, None, False, math.inf, "quality not measured"))
+        else:
+            ok = c.quality >= limit
+            short = 0.0 if ok or limit == 0 else (limit - c.quality) / limit
+            text = f"quality {fmt.quality(c.quality)} {'≥' if ok else '<'} {fmt.quality(limit)}"
+            checks.append(BudgetCheck("min_quality", limit, c.quality, ok, short, text))
+    return checks
+
+
+def budget_distance(checks: Iterable[BudgetCheck]) -> float:
+    """Root-sum-square of relative shortfalls: 0 when every budget is met."""
+    return math.sqrt(sum(ch.shortfall**2 for ch in checks))
+
+
+def pareto_front(points: dict[str, Sequence[float | None]]) -> set[str]:
+    """Names of the non-dominated points, every objective to be *maximised*.
+
+    A point is dominated when another is at least as good on every objective and better on one.
+    A missing value counts as the worst possible; equal points are all on the front.
+    """
+
+    def key(v: Sequence[float | None]) -> tuple[float, ...]:
+        return tuple(-math.inf if x is None else x for x in v)
+
+    vals = {n: key(v) for n, v in points.items()}
+
+    def dominated(p: tuple[float, ...]) -> bool:
+        return any(all(a >= b for a, b in zip(q, p, strict=True)) and q != p for q in vals.values())
+
+    return {n for n, p in vals.items() if not dominated(p)}
+
+
+def frontier_flags(cands: Sequence[Candidate]) -> dict[str, dict[str, bool]]:
+    """Per strategy: on the quality–latency front, the quality–memory front, the three-way front.
+
+    The two-way fronts are drawn in the report's plots, so a strategy missing either coordinate is
+    not on them; the three-way front drives the no-budget-met fallback.
+    """
+
+    def neg(x: float | None) -> float | None:
+        return None if x is None else -x
+
+    measured = [c for c in cands if c.quality is not None]
+    lat = pareto_front(
+        {c.name: (c.quality, -c.latency_p95_ms) for c in measured if c.latency_p95_ms is not None}
+    )
+    mem = pareto_front({c.name: (c.quality, -c.memory_mb) for c in measured if c.memory_mb is not None})
+    overall = pareto_front({c.name: (c.quality, neg(c.latency_p95_ms), neg(c.memory_mb)) for c in measured})
+    return {
+        c.name: {
+            "quality_latency": c.name in lat,
+            "quality_memory": c.name in mem,
+            "overall": c.name in overall,
+        }
+        for c in cands
+    }
+
+
+def _cheapness(c: Candidate) -> tuple[float, float, float, str]:
+    inf = math.inf
+    lat = inf if c.latency_p95_ms is None else c.latency_p95_ms
+    mem = inf if c.memory_mb is None else c.memory_mb
+    return (lat, mem, -(c.quality or 0.0), c.name)
+
+
+def _by_quality(c: Candidate) -> tuple[float, float, float, str]:
+    lat, mem, _, name = _cheapness(c)
+    return (-(c.quality or 0.0), lat, mem, name)
+
+
+def _savings(pick: Candidate, ref: Candidate) -> str:
+    parts = []
+    if pick.latency_p95_ms and ref.latency_p95_ms and ref.latency_p95_ms / pick.latency_p95_ms >= 1.05:
+        parts.append(f"{fmt.ratio(ref.latency_p95_ms / pick.latency_p95_ms)} lower latency")
+    if pick.memory_mb and ref.memory_mb and ref.memory_mb / pick.memory_mb >= 1.05:
+        parts.append(f"{fmt.ratio(ref.memory_mb / pick.memory_mb)} less memory")
+    return " and ".join(parts) if parts else "no higher latency or memory"
+
+
+def _meets_text(checks: list[BudgetCheck]) -> str:
+    if not checks:
+        return "no budgets were set"
+    return f"meets every budget ({', '.join(ch.text for ch in checks)})"
+
+
+def _ci_text(cmp: Comparison) -> str:
+    if cmp.diff is None:
+        return "no shared eval items"
+    text = f"95% CI of the difference {fmt.interval(cmp.diff.low, cmp.diff.high)}"
+    if cmp.mcnemar is not None:
+        text += f", McNemar p = {fmt.pvalue(cmp.mcnemar.p_value)}"
+    return text
+
+
+BUDGET_NAMES = {"latency_p95_ms": "latency", "memory_mb": "memory", "min_quality": "quality"}
+
+
+def _missed_text(checks: list[BudgetCheck]) -> str:
+    """"the latency budget (p95 4100 ms > 2000 ms)", naming every missed budget."""
+    missed = [ch for ch in checks if not ch.ok]
+    names = [BUDGET_NAMES[ch.budget] for ch in missed]
+    which = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+    plural = "s" if len(names) > 1 else ""
+    return f"the {which} budget{plural} ({', '.join(ch.text for ch in missed)})"
+
+
+def best_quality(cands: Sequence[Candidate]) -> Candidate | None:
+    """The highest-quality strategy (ties broken by lower latency, then memory, then name)."""
+    measured = [c for c in cands if c.quality is not None]
+    return min(measured, key=_by_quality) if measured else None
+
+
+def recommend(
+    cands: Sequence[Candidate],
+    budgets: Budgets,
+    compare: Callable[[str, str], Comparison],
+) -> Recommendation:
+    """Pick one strategy under ``budgets``; ``compare(a, b)`` compares strategy a with reference b."""
+    measured = [c for c in cands if c.quality is not None]
+    if not measured:
+        return Recommendation(
+            None, "No strategy produced a quality score, so none can be recommended.", False, "none"
+        )
+    checks = {c.name: check_budgets(c, budgets) for c in measured}
+    best = min(measured, key=_by_quality)  # == best_quality(cands)
+    within = [c for c in measured if all(ch.ok for ch in checks[c.name])]
+
+    if not within:
+        flags = frontier_flags(measured)
+        front = [c for c in measured if flags[c.name]["overall"]]
+        pick = min(front, key=lambda c: (budget_distance(checks[c.name]), *_by_quality(c)))
+        met = [ch.text for ch in checks[pick.name] if ch.ok]
+        reason = (
+            f"No strategy meets every budget; {pick.name} is the Pareto-frontier point nearest to them "
+            f"(quality {fmt.quality(pick.quality)}; misses {_missed_text(checks[pick.name])}"
+            + (f"; meets {', '.join(met)}" if met else "")
+            + ")."
+        )
+        return Recommendation(pick.name, reason, False, "nearest-to-budgets")
+
+    anchor = min(within, key=_by_quality)
+    tied = [c for c in within if c is not anchor and compare(c.name, anchor.name).verdict == "tie"]
+    pick = min([anchor, *tied], key=_cheapness)
+    tied_names = [c.name for c in tied]
+    what = "the best quality" if anchor is best else "the best quality within budgets"
+    head = f"{pick.name} {_meets_text(checks[pick.name])}"
+
+    if pick is not anchor:
+        cmp = compare(pick.name, anchor.name)
+        reason = (
+            f"{head} and is statistically tied with {what} ({fmt.quality(pick.quality)} vs "
+            f"{fmt.quality(anchor.quality)} for {anchor.name}, {_ci_text(cmp)}), at {_savings(pick, anchor)}"
+        )
+        rule = "tied-and-cheaper"
+    else:
+        reason = f"{head} and has {what} ({fmt.quality(pick.quality)})"
+        if tied:
+            reason += f"; it is also the cheapest of the strategies tied with it ({', '.join(tied_names)})"
+        else:
+            others = sorted((c for c in within if c is not pick), key=_by_quality)
+            if others:
+                cmp = compare(others[0].name, pick.name)
+                ahead = "significantly ahead of" if cmp.verdict == "worse" else "ahead of"
+                reason += f", {ahead} {others[0].name} ({fmt.quality(others[0].quality)}, {_ci_text(cmp)})"
+        rule = "best-within-budgets"
+    if anchor is not best:
+        reason += (
+            f"; the best overall, {best.name} ({fmt.quality(best.quality)}), "
+            f"misses {_missed_text(checks[best.name])}"
+        )
+    return Recommendation(pick.name, reason + ".", True, rule, anchor.name, tied_names)
