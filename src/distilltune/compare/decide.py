@@ -188,7 +188,7 @@ BUDGET_NAMES = {"latency_p95_ms": "latency", "memory_mb": "memory", "min_quality
 
 
 def _missed_text(checks: list[BudgetCheck]) -> str:
-    """"the latency budget (p95 4100 ms > 2000 ms)", naming every missed budget."""
+    """ "the latency budget (p95 4100 ms > 2000 ms)", naming every missed budget."""
     missed = [ch for ch in checks if not ch.ok]
     names = [BUDGET_NAMES[ch.budget] for ch in missed]
     which = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
@@ -260,4 +260,7 @@ def recommend(
             f"; the best overall, {best.name} ({fmt.quality(best.quality)}), "
             f"misses {_missed_text(checks[best.name])}"
         )
+        vs_best = compare(pick.name, best.name)
+        if vs_best.verdict == "tie":
+            reason += f", and {pick.name} is statistically tied with it ({_ci_text(vs_best)})"
     return Recommendation(pick.name, reason + ".", True, rule, anchor.name, tied_names)

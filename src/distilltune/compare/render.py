@@ -8,7 +8,6 @@ from disk with no server and no network. The Markdown escapes table cells and HT
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 
 import jinja2
@@ -202,8 +201,9 @@ def render_html(report: dict) -> str:
 
 
 def _md(text: object) -> str:
-    """A Markdown table cell: HTML escaped (renderers pass raw HTML through), pipes and newlines neutralised."""
-    return html.escape(str(text), quote=False).replace("|", "\\|").replace("\n", " ").replace("\r", " ")
+    """Markdown prose or a table cell: no HTML tag can open (renderers pass raw HTML through), pipes and
+    newlines cannot break a table. Only ``<`` needs escaping for the first; ``>`` stays readable."""
+    return str(text).replace("<", "&lt;").replace("|", "\\|").replace("\n", " ").replace("\r", " ")
 
 
 def _table(header: list[str], rows: list[list[object]]) -> list[str]:
