@@ -107,13 +107,7 @@ def make_prompter(cfg: FinetuneConfig, task, tokenizer):
     from distilltune.retrieval import GroundedPrompter, KnowledgeIndex
 
     index = KnowledgeIndex.open(task, cfg.retrieval)
-    return GroundedPrompter(
-        task.system_prompt,
-        tokenizer,
-        index=index,
-        k=cfg.retrieval.k,
-        max_context_tokens=cfg.retrieval.max_context_tokens,
-    )
+    return GroundedPrompter.from_config(task.system_prompt, tokenizer, index, cfg.retrieval)
 
 
 def _count_params(model: torch.nn.Module) -> tuple[int, int]:
