@@ -1,0 +1,103 @@
+"""``ServeConfig``: everything ``distilltune serve`` needs, as one typed config.
+
+The CLI options, ``--config FILE.yaml`` and ``key.sub=value`` overrides all fill this model, and the
+resolved config is printed with ``--print-config``. Limits are part of the config, not constants, so
+an operator can loosen or tighten them without touching code.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import Field, field_validator, model_validator
+
+from distilltune.config import StrictModel
+from distilltune.policy import GuardConfig
+from distilltune.retrieval.config import RetrievalConfig
+
+ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+
+
+class Limits(StrictModel):
+    """Request limits; a request over any of them gets a 4xx in OpenAI's error shape."""
+
+    max_body_bytes: int = Field(default=256 * 1024, ge=1024, description="largest accepted request body")
+    max_messages: int = Field(default=64, ge=1, description="most messages in one request")
+    max_message_chars: int = Field(default=16_000, ge=1, description="longest single message")
+    max_tokens: int = Field(default=512, ge=1, description="largest max_tokens a request may ask for")
+    max_prompt_tokens: int = Field(
+        default=2048, ge=16, description="longest rendered prompt (system + context + conversation)"
+    )
+    max_queue: int = Field(default=64, ge=1, description="waiting requests per model before 429")
+    timeout_s: float = Field(default=120.0, gt=0, description="per-request wall-clock limit")
+
+
+class Batching(StrictModel):
+    max_batch: int = Field(default=8, ge=1, description="sequences decoded together per forward pass")
+
+
+class Generation(StrictModel):
+    default_max_tokens: int = Field(default=128, ge=1, description="when the request sets no max_tokens")
+    default_temperature: float = Field(
+        default=0.0, ge=0, le=2, description="when the request sets none (0 = greedy, unlike OpenAI's 1)"
+    )
+
+
+class Cascade(StrictModel):
+    """When the student is unsure, the fallback model answers instead."""
+
+    min_mean_logprob: float = Field(
+        default=-1.5,
+        le=0,
+        description="escalate when the student's mean token log-probability is below this",
+    )
+    min_retrieval_score: float | None = Field(
+        default=None,
+        description="also escalate when the best retrieval score is below this (scale depends on the "
+        "retrieval mode; None = ignore retrieval)",
+    )
+
+
+class ServeConfig(StrictModel):
+    model: str = Field(description="student/base model reference (dir, run dir, built-in, spec)")
+    task: str = Field(description="task directory: system prompt, knowledge, policy")
+    fallback: str | None = Field(default=None, description="model that answers when the student is unsure")
+    teacher: str | None = Field(default=None, description="resolves 'teacher' in student specs")
+    served_name: str | None = Field(
+        default=None, description="model id of MODEL in the API (default: derived)"
+    )
+    adapters: dict[str, str] = Field(
+        default={}, description="extra LoRA adapters on MODEL's base: name → dir"
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    api_key_env: str | None = Field(default=None, description="env var holding the API key (unset = no auth)")
+    log_db: str = Field(default="distilltune-requests.db", description="SQLite request log (WAL)")
+    limits: Limits = Limits()
+    batching: Batching = Batching()
+    generation: Generation = Generation()
+    cascade: Cascade = Cascade()
+    retrieval: RetrievalConfig = RetrievalConfig()
+    guard: GuardConfig = GuardConfig()
+
+    @field_validator("adapters")
+    @classmethod
+    def _adapter_names(cls, v: dict[str, str]) -> dict[str, str]:
+        for name in v:
+            if not ADAPTER_NAME.match(name):
+                raise ValueError(
+                    f"adapter name {name!r} must be 1-64 letters, digits, '.', '_', ':' or '-' "
+                    "(it becomes the request's model field)"
+                )
+        return v
+
+    @model_validator(mode="after")
+    def _generation_within_limits(self) -> ServeConfig:
+        if self.generation.default_max_tokens > self.limits.max_tokens:
+            raise ValueError(
+                f"generation.default_max_tokens ({self.generation.default_max_tokens}) exceeds "
+                f"limits.max_tokens ({self.limits.max_tokens})"
+            )
+        if self.served_name is not None and self.served_name in self.adapters:
+            raise ValueError(f"served_name {self.served_name!r} is also an adapter name")
+        return self

@@ -1,0 +1,559 @@
+"""The generation engine: a request queue feeding one worker thread that decodes requests together.
+
+Why a worker thread with its own decode loop: the model is the bottleneck and runs best on one
+thread pool (torch intra-op threads) with as many sequences per forward pass as possible. On CPU a
+decode step of a small model is memory-bound (the weights are streamed once per step whatever the
+batch), so eight sequences cost far less than eight times one.
+
+Scheduling is continuous (iteration-level) batching: between two decode steps the worker admits
+waiting requests (up to ``max_batch`` rows), prefills them as a group and merges their KV cache into
+the running batch, left-padded, so a request never waits for a whole batch to drain; finished or
+cancelled rows leave the batch at once and padding columns nobody needs are trimmed. Every row keeps
+its own positions, so batching does not change what a row attends to.
+
+The merge touches the cache's per-layer key/value tensors, which is only valid for plain
+``DynamicLayer`` caches (full attention, e.g. Llama/SmolLM2). Models with other cache layouts
+(sliding windows) fall back to admitting only into an empty batch. PEFT prefix-tuned models are
+decoded without a KV cache (their prefix is lost with it; design.md), recomputing each row's full
+sequence every step.
+
+Several LoRA adapters can share the base (``adapter`` per request): a batch holds one adapter at a
+time; the oldest waiting request decides which adapter runs next.
+
+Tokens are reported per row through callbacks run on the worker thread; ``submit`` wraps them for
+asyncio callers (``GenHandle``). Per-token log-probabilities are returned for the cascade's
+confidence signal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from distilltune.models.generate import _cache_kwarg, uses_prefix_tuning
+
+
+class QueueFull(Exception):
+    """The waiting queue is at capacity; the caller should answer 429 with Retry-After."""
+
+    def __init__(self, depth: int, retry_after_s: float):
+        super().__init__(f"request queue is full ({depth} waiting)")
+        self.depth = depth
+        self.retry_after_s = retry_after_s
+
+
+class EngineStopped(Exception):
+    """The engine is shutting down or its worker died; no new requests are accepted."""
+
+
+@dataclass
+class GenResult:
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: str  # "stop" (end token) | "length" (max_new_tokens) | "cancelled" | "error"
+    prompt_tokens: int
+    queue_s: float  # submitted → admitted into a batch
+    prefill_s: float  # the group prefill that produced the first token
+    decode_s: float  # first token → last token
+    max_batch_seen: int  # the largest batch this request was decoded in
+    error: str | None = None
+
+    @property
+    def mean_logprob(self) -> float | None:
+        return sum(self.logprobs) / len(self.logprobs) if self.logprobs else None
+
+
+@dataclass
+class GenRequest:
+    prompt_ids: list[int]
+    max_new_tokens: int
+    adapter: str | None = None
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    on_token: Callable[[int, float], None] | None = None  # runs on the worker thread
+    on_done: Callable[[GenResult], None] | None = None  # runs on the worker thread
+    id: int = 0
+    submitted_at: float = 0.0
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+@dataclass
+class _Row:
+    req: GenRequest
+    out_ids: list[int] = field(default_factory=list)
+    out_lp: list[float] = field(default_factory=list)
+    n_real: int = 0  # real (non-padding) tokens in the cache/sequence for this row
+    admitted_at: float = 0.0
+    first_token_at: float = 0.0
+    prefill_s: float = 0.0
+    max_batch_seen: int = 0
+    generator: torch.Generator | None = None
+
+
+class _Batch:
+    """The running batch: per-row token history (left-padded), attention mask, KV cache, next token."""
+
+    def __init__(self) -> None:
+        self.rows: list[_Row] = []
+        self.seq: torch.Tensor | None = None  # [b, L] ids (only kept without a KV cache)
+        self.mask: torch.Tensor | None = None  # [b, L] 1 for real positions in cache/sequence
+        self.cache = None
+        self.next_ids: torch.Tensor | None = None  # [b] the token each row feeds next
+        self.adapter: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def _left_pad(t: torch.Tensor, width: int, value: float = 0) -> torch.Tensor:
+    """Pad dim ``-1`` (2-D ids/mask) on the left to ``width``."""
+    extra = width - t.shape[-1]
+    if extra <= 0:
+        return t
+    pad = torch.full((*t.shape[:-1], extra), value, dtype=t.dtype, device=t.device)
+    return torch.cat([pad, t], dim=-1)
+
+
+def _left_pad_kv(t: torch.Tensor, width: int) -> torch.Tensor:
+    """Pad a [b, heads, L, dim] key/value tensor on the left of the sequence axis to ``width``."""
+    extra = width - t.shape[-2]
+    if extra <= 0:
+        return t
+    pad = torch.zeros((t.shape[0], t.shape[1], extra, t.shape[3]), dtype=t.dtype, device=t.device)
+    return torch.cat([pad, t], dim=-2)
+
+
+def _plain_dynamic_layers(cache) -> list | None:
+    """The cache's layers if every one is a plain full-attention ``DynamicLayer`` (mergeable), else None."""
+    try:
+        from transformers.cache_utils import DynamicLayer
+    except ImportError:  # pragma: no cover - transformers < 4.56 has no layer classes
+        return None
+    layers = getattr(cache, "layers", None)
+    if not layers or any(type(layer) is not DynamicLayer for layer in layers):
+        return None
+    return list(layers)
+
+
+class Engine:
+    """Owns one model; serves generation requests from any thread through a bounded queue."""
+
+    def __init__(
+        self,
+        model,
+        stop_ids: list[int],
+        pad_id: int,
+        *,
+        name: str = "model",
+        max_batch: int = 8,
+        max_queue: int = 64,
+        adapters: tuple[str, ...] = (),
+        on_batch: Callable[[int], None] | None = None,
+    ):
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        self.model = model.eval()
+        self.name = name
+        self.stop_ids = sorted(set(stop_ids))
+        self.pad_id = pad_id
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self.adapters = set(adapters)
+        self.on_batch = on_batch  # metrics hook: called with the batch size of every decode step
+        self.device = next(model.parameters()).device
+        self.use_cache = not uses_prefix_tuning(model)
+        self.cache_kw = _cache_kwarg(model)
+        self._stops = torch.tensor(self.stop_ids, device=self.device)
+        self._waiting: deque[GenRequest] = deque()
+        self._cv = threading.Condition()
+        self._ids = itertools.count(1)
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._mergeable: bool | None = None  # decided on the first prefill
+        self._active = 0
+        self._step_s_ema: float | None = None  # seconds per decode step (for Retry-After)
+        self.fatal: str | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    def start(self) -> Engine:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=f"engine-{self.name}", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._cv:
+            self._stopping = True
+            self._cv.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    # ---- introspection ----------------------------------------------------------------------
+    @property
+    def queue_depth(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def active(self) -> int:
+        return self._active
+
+    def retry_after_s(self) -> float:
+        """A rough wait until a queue slot frees: queued work × the recent step time, at least 1 s."""
+        step = self._step_s_ema or 0.05
+        return max(1.0, round(step * 32 * max(1, len(self._waiting)) / self.max_batch, 1))
+
+    # ---- submission -------------------------------------------------------------------------
+    def submit_request(self, req: GenRequest) -> GenRequest:
+        """Queue ``req`` (thread-safe). Raises ``QueueFull`` or ``EngineStopped``."""
+        if req.adapter is not None and req.adapter not in self.adapters:
+            raise ValueError(f"unknown adapter {req.adapter!r}")
+        if not req.prompt_ids:
+            raise ValueError("empty prompt")
+        with self._cv:
+            if self._stopping or self.fatal:
+                raise EngineStopped(self.fatal or "engine is stopping")
+            if len(self._waiting) >= self.max_queue:
+                raise QueueFull(len(self._waiting), self.retry_after_s())
+            req.id = next(self._ids)
+            req.submitted_at = time.perf_counter()
+            self._waiting.append(req)
+            self._cv.notify()
+        return req
+
+    def submit(self, prompt_ids: list[int], max_new_tokens: int, **kw) -> GenHandle:
+        """Queue a request from asyncio code; returns a handle to await tokens and the result."""
+        handle = GenHandle(asyncio.get_running_loop())
+        req = GenRequest(
+            list(prompt_ids), max_new_tokens, on_token=handle._on_token, on_done=handle._on_done, **kw
+        )
+        handle.request = self.submit_request(req)
+        return handle
+
+    def generate(self, prompt_ids: list[int], max_new_tokens: int, **kw) -> GenResult:
+        """Blocking convenience for scripts and tests (not for the event loop)."""
+        done = threading.Event()
+        box: list[GenResult] = []
+
+        def on_done(r: GenResult) -> None:
+            box.append(r)
+            done.set()
+
+        self.submit_request(GenRequest(list(prompt_ids), max_new_tokens, on_done=on_done, **kw))
+        done.wait()
+        return box[0]
+
+    # ---- the worker ---------------------------------------------------------------------------
+    def _run(self) -> None:
+        batch = _Batch()
+        try:
+            while True:
+                with self._cv:
+                    while not self._stopping and not self._waiting and not batch.rows:
+                        self._cv.wait()
+                    if self._stopping:
+                        break
+                    admitted = self._take_admissible(batch)
+                self._drop_cancelled(batch)
+                if admitted:
+                    self._admit(batch, admitted)
+                if batch.rows:
+                    self._step(batch)
+                self._active = len(batch.rows)
+        except Exception as e:  # a bug or an OOM: fail every request rather than hang them
+            self.fatal = f"{type(e).__name__}: {e}"
+            with self._cv:
+                pending = list(self._waiting)
+                self._waiting.clear()
+            for row in batch.rows:
+                self._finish(row, "error")
+            for req in pending:
+                self._finish(_Row(req), "error")
+            raise
+        # Shutting down: end everything still pending so no caller waits forever.
+        with self._cv:
+            pending = list(self._waiting)
+            self._waiting.clear()
+        for row in batch.rows:
+            self._finish(row, "cancelled")
+        for req in pending:
+            self._finish(_Row(req), "cancelled")
+
+    def _take_admissible(self, batch: _Batch) -> list[GenRequest]:
+        """Pop waiting requests that may join now (called with the lock held)."""
+        # Cancelled while waiting: answer them without spending compute.
+        for req in [r for r in self._waiting if r.cancelled.is_set()]:
+            self._waiting.remove(req)
+            self._finish(_Row(req), "cancelled")
+        room = self.max_batch - len(batch.rows)
+        if room <= 0 or not self._waiting:
+            return []
+        if batch.rows and self._mergeable is False:
+            return []
+        adapter = batch.adapter if batch.rows else self._waiting[0].adapter
+        taken = [r for r in self._waiting if r.adapter == adapter][:room]
+        for r in taken:
+            self._waiting.remove(r)
+        return taken
+
+    @contextlib.contextmanager
+    def _adapter_ctx(self, adapter: str | None):
+        if not self.adapters:
+            yield
+        elif adapter is None:
+            with self.model.disable_adapter():
+                yield
+        else:
+            if getattr(self.model, "active_adapter", None) != adapter:
+                self.model.set_adapter(adapter)
+            yield
+
+    def _forward(self, batch_adapter: str | None, **kw):
+        with self._adapter_ctx(batch_adapter):
+            return self.model(**kw)
+
+    @torch.inference_mode()
+    def _admit(self, batch: _Batch, reqs: list[GenRequest]) -> None:
+        """Prefill ``reqs`` as one left-padded group, pick their first tokens, merge them into ``batch``."""
+        t0 = time.perf_counter()
+        width = max(len(r.prompt_ids) for r in reqs)
+        ids = torch.full((len(reqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(reqs), width), dtype=torch.long)
+        for i, r in enumerate(reqs):
+            ids[i, width - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids)
+            mask[i, width - len(r.prompt_ids) :] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        adapter = reqs[0].adapter
+        res = self._forward(
+            adapter,
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=pos,
+            use_cache=self.use_cache,
+            **({self.cache_kw: None} if self.use_cache else {}),
+        )
+        cache = getattr(res, self.cache_kw) if self.use_cache else None
+        rows = []
+        for r in reqs:
+            gen = torch.Generator(device="cpu").manual_seed(r.seed) if r.seed is not None else None
+            rows.append(
+                _Row(r, n_real=len(r.prompt_ids), admitted_at=t0, generator=gen, max_batch_seen=len(reqs))
+            )
+        nxt, lp = self._pick(res.logits[:, -1, :], rows)
+        prefill_s = time.perf_counter() - t0
+        if self.use_cache and self._mergeable is None:
+            self._mergeable = _plain_dynamic_layers(cache) is not None
+        for row in rows:
+            row.prefill_s = prefill_s
+            row.first_token_at = time.perf_counter()
+        group = _Batch()
+        group.rows, group.mask, group.cache, group.adapter = rows, mask, cache, adapter
+        group.seq = None if self.use_cache else ids
+        group.next_ids = nxt
+        self._merge(batch, group)
+        self._emit_and_retire(batch, nxt, lp, rows_new=rows)
+
+    def _merge(self, batch: _Batch, group: _Batch) -> None:
+        if not batch.rows:
+            batch.rows, batch.mask, batch.cache = group.rows, group.mask, group.cache
+            batch.seq, batch.next_ids, batch.adapter = group.seq, group.next_ids, group.adapter
+            return
+        width = max(batch.mask.shape[1], group.mask.shape[1])
+        batch.mask = torch.cat([_left_pad(batch.mask, width), _left_pad(group.mask, width)])
+        if batch.seq is not None:
+            batch.seq = torch.cat(
+                [_left_pad(batch.seq, width, self.pad_id), _left_pad(group.seq, width, self.pad_id)]
+            )
+        if self.use_cache:
+            for mine, theirs in zip(
+                _plain_dynamic_layers(batch.cache), _plain_dynamic_layers(group.cache), strict=True
+            ):
+                mine.keys = torch.cat([_left_pad_kv(mine.keys, width), _left_pad_kv(theirs.keys, width)])
+                mine.values = torch.cat(
+                    [_left_pad_kv(mine.values, width), _left_pad_kv(theirs.values, width)]
+                )
+        batch.rows = batch.rows + group.rows
+        batch.next_ids = torch.cat([batch.next_ids, group.next_ids])
+
+    def _pick(self, logits: torch.Tensor, rows: list[_Row]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Next token per row: greedy, or sampled with the row's temperature/top_p. Returns (ids, log-probs)."""
+        logits = logits.float()
+        logp = torch.log_softmax(logits, dim=-1)
+        nxt = logits.argmax(-1)
+        for i, row in enumerate(rows):
+            t = row.req.temperature
+            if t and t > 0:
+                probs = torch.softmax(logits[i] / t, dim=-1)
+                if row.req.top_p < 1.0:
+                    sp, si = probs.sort(descending=True)
+                    keep = sp.cumsum(-1) - sp < row.req.top_p
+                    probs = torch.zeros_like(probs).scatter(0, si[keep], sp[keep])
+                nxt[i] = torch.multinomial(probs, 1, generator=row.generator).squeeze(-1)
+        return nxt, logp.gather(-1, nxt[:, None]).squeeze(-1)
+
+    @torch.inference_mode()
+    def _step(self, batch: _Batch) -> None:
+        """One decode step for every row: feed each row's next token, pick the following one."""
+        t0 = time.perf_counter()
+        b = len(batch.rows)
+        if self.on_batch is not None:
+            self.on_batch(b)
+        for row in batch.rows:
+            row.max_batch_seen = max(row.max_batch_seen, b)
+        ones = torch.ones((b, 1), dtype=batch.mask.dtype, device=self.device)
+        batch.mask = torch.cat([batch.mask, ones], dim=1)
+        if self.use_cache:
+            pos = torch.tensor([[r.n_real] for r in batch.rows], device=self.device)
+            res = self._forward(
+                batch.adapter,
+                input_ids=batch.next_ids[:, None],
+                attention_mask=batch.mask,
+                position_ids=pos,
+                use_cache=True,
+                **{self.cache_kw: batch.cache},
+            )
+            batch.cache = getattr(res, self.cache_kw)
+        else:
+            batch.seq = torch.cat([batch.seq, batch.next_ids[:, None]], dim=1)
+            pos = (batch.mask.cumsum(-1) - 1).clamp(min=0)
+            res = self._forward(
+                batch.adapter,
+                input_ids=batch.seq,
+                attention_mask=batch.mask,
+                position_ids=pos,
+                use_cache=False,
+            )
+        for row in batch.rows:
+            row.n_real += 1
+        nxt, lp = self._pick(res.logits[:, -1, :], batch.rows)
+        batch.next_ids = nxt
+        dt = time.perf_counter() - t0
+        self._step_s_ema = dt if self._step_s_ema is None else 0.9 * self._step_s_ema + 0.1 * dt
+        self._emit_and_retire(batch, nxt, lp)
+
+    def _emit_and_retire(
+        self, batch: _Batch, nxt: torch.Tensor, lp: torch.Tensor, rows_new: list[_Row] | None = None
+    ) -> None:
+        """Report the new token of ``rows_new`` (default: every row) and drop rows that are done."""
+        offset = len(batch.rows) - len(rows_new) if rows_new is not None else 0
+        targets = rows_new if rows_new is not None else batch.rows
+        ids = nxt.tolist()
+        lps = lp.tolist()
+        finished: dict[int, str] = {}
+        for j, row in enumerate(targets):
+            i = offset + j
+            tok, tok_lp = ids[j], lps[j]
+            row.out_ids.append(tok)
+            row.out_lp.append(tok_lp)
+            if row.req.on_token is not None:
+                row.req.on_token(tok, tok_lp)
+            if tok in self.stop_ids:
+                finished[i] = "stop"
+            elif len(row.out_ids) >= row.req.max_new_tokens:
+                finished[i] = "length"
+            elif row.req.cancelled.is_set():
+                finished[i] = "cancelled"
+        if finished:
+            self._retire(batch, finished)
+
+    def _drop_cancelled(self, batch: _Batch) -> None:
+        gone = {i: "cancelled" for i, r in enumerate(batch.rows) if r.req.cancelled.is_set()}
+        if gone:
+            self._retire(batch, gone)
+
+    def _retire(self, batch: _Batch, finished: dict[int, str]) -> None:
+        for i, reason in finished.items():
+            self._finish(batch.rows[i], reason)
+        keep = [i for i in range(len(batch.rows)) if i not in finished]
+        if not keep:
+            batch.rows, batch.mask, batch.cache, batch.seq, batch.next_ids = [], None, None, None, None
+            batch.adapter = None
+            return
+        idx = torch.tensor(keep, device=self.device)
+        batch.rows = [batch.rows[i] for i in keep]
+        batch.mask = batch.mask[idx]
+        batch.next_ids = batch.next_ids[idx]
+        if batch.seq is not None:
+            batch.seq = batch.seq[idx]
+        # Columns that are padding for every remaining row cost compute in every later step: trim them.
+        real_cols = batch.mask.any(dim=0).nonzero()
+        trim = int(real_cols[0]) if len(real_cols) else 0
+        if batch.seq is not None:
+            batch.seq = batch.seq[:, trim:]
+        if self.use_cache:
+            layers = _plain_dynamic_layers(batch.cache)
+            if layers is not None:
+                for layer in layers:
+                    layer.keys = layer.keys[idx, :, trim:, :]
+                    layer.values = layer.values[idx, :, trim:, :]
+            else:
+                trim = 0
+                batch.cache.batch_select_indices(idx)
+        batch.mask = batch.mask[:, trim:]
+
+    def _finish(self, row: _Row, reason: str) -> None:
+        now = time.perf_counter()
+        req = row.req
+        res = GenResult(
+            token_ids=row.out_ids,
+            logprobs=row.out_lp,
+            finish_reason=reason,
+            prompt_tokens=len(req.prompt_ids),
+            queue_s=(row.admitted_at or now) - req.submitted_at,
+            prefill_s=row.prefill_s,
+            decode_s=(now - row.first_token_at) if row.first_token_at else 0.0,
+            max_batch_seen=row.max_batch_seen,
+            error=self.fatal if reason == "error" else None,
+        )
+        if req.on_done is not None:
+            req.on_done(res)
+
+
+class GenHandle:
+    """An asyncio view of one queued request: iterate ``tokens()``, await ``result()``, ``cancel()``."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self._loop = loop
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._done: asyncio.Future = loop.create_future()
+        self.request: GenRequest | None = None
+
+    def _on_token(self, tok: int, lp: float) -> None:
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, (tok, lp))
+
+    def _on_done(self, res: GenResult) -> None:
+        def finish() -> None:
+            self._queue.put_nowait(None)
+            if not self._done.done():
+                self._done.set_result(res)
+
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+            self._loop.call_soon_threadsafe(finish)
+
+    async def tokens(self):
+        """Yield (token id, log-prob) as the worker produces them, until the request ends."""
+        while True:
+            item = await self._queue.get()
+            if item is None:
+                return
+            yield item
+
+    async def result(self) -> GenResult:
+        return await asyncio.shield(self._done)
+
+    def cancel(self) -> None:
+        if self.request is not None:
+            self.request.cancel()
