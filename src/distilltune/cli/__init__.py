@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from distilltune.cli import finetune_cmd, generate_cmd, task_cmd
+from distilltune.cli import evaluate_cmd, finetune_cmd, generate_cmd, serve_cmd, task_cmd
 from distilltune.cli.common import report_user_error
 from distilltune.errors import UserError
 
@@ -25,7 +25,9 @@ app = typer.Typer(
 
 task_cmd.register(app)
 generate_cmd.register(app)
+evaluate_cmd.register(app)
 finetune_cmd.register(app)
+serve_cmd.register(app)
 
 
 def _quiet_libraries() -> None:

@@ -2,19 +2,24 @@
 
 For each conversation (a list of ``{"role", "content"}`` ending with a user turn):
 
-1. ``guard.check_input(last user text)``; on ``refuse`` the answer is ``guard.refusal_message`` and the
-   model is never called (route ``refused_input``);
-2. otherwise every user turn is replaced by its redacted text (the model never sees PII) and
-   ``prompter.messages(conversation)`` assembles the chat: system prompt, numbered retrieved context;
+1. ``system`` turns are dropped (the task's system prompt governs, as in ``distilltune serve``) and
+   every remaining turn is redacted by ``guard.check_input``; the last user turn's decision decides:
+   on ``refuse`` the answer is ``guard.refusal_message`` and the model is never called
+   (route ``refused_input``);
+2. ``prompter.messages(redacted conversation)`` assembles the chat: system prompt, numbered
+   retrieved context (``GroundedPrompter``, the function training and serving use);
 3. the model answers (batched, greedy unless ``temperature > 0``, capped by ``max_new_tokens``,
    stopping on the template's end token) via ``distilltune.models.generate.generate_chat``;
 4. ``guard.check_output(answer)``; on ``refuse`` the answer becomes the refusal message
    (route ``refused_output``), otherwise its ``redacted_text`` is returned (route ``model``).
 
-``answer_requests`` is the single implementation of that pipeline: ``evaluate`` scores its answers,
-the efficiency probe times it one request at a time, and the server can call it per batch, so an
-evaluation measures what users get. ``guard=None`` skips steps 1 and 4 (a task without a policy).
-``Answer.redacted_request`` is the last user turn as it may be logged.
+``answer_requests`` is the single batch implementation of that pipeline: ``evaluate`` scores its
+answers, the efficiency probe times it one request at a time, and a server can call it per batch.
+``build_pipeline`` builds the guard and prompter for a task the way ``distilltune serve`` does
+(``Guard.for_task``, ``KnowledgeIndex.open`` when retrieval is enabled,
+``GroundedPrompter.from_config``). ``guard=None`` skips steps 1's redaction/refusal and 4.
+``Answer.redacted_request`` is the last user turn as it may be logged; ``Answer.raw_text`` (the model's
+text before the output guard) must never be logged.
 """
 
 from __future__ import annotations
@@ -89,23 +94,31 @@ def answer_requests(
     """Answer each conversation through guard → retrieval → model → guard (see the module docstring)."""
     answers: list[Answer | None] = [None] * len(conversations)
     pending: list[tuple[int, list[dict]]] = []
-    for idx, conv in enumerate(conversations):
-        conv = [dict(m) for m in conv]
+    for idx, raw in enumerate(conversations):
+        conv = [{"role": m["role"], "content": m["content"]} for m in raw if m["role"] != "system"]
         last = _last_user_index(conv)
         t0 = time.perf_counter()
+        decision, pii_reasons = None, []
         if guard is not None:
-            decision = guard.check_input(conv[last]["content"])
             for i, m in enumerate(conv):
-                if m["role"] == "user":
-                    m["content"] = (
-                        decision.redacted_text if i == last else guard.check_input(m["content"]).redacted_text
-                    )
-        guard_s = time.perf_counter() - t0
-        ans = Answer(text="", route=ROUTE_MODEL, redacted_request=conv[last]["content"], guard_s=guard_s)
-        if guard is not None:
-            ans.input_action = decision.action
-            ans.input_reasons = list(decision.reasons)
-            ans.input_risk = float(getattr(decision, "risk", 0.0))
+                d = guard.check_input(m["content"])
+                m["content"] = d.redacted_text
+                if i == last:
+                    decision = d
+                else:
+                    pii_reasons += [r for r in d.reasons if r.startswith("pii:")]
+        ans = Answer(
+            text="",
+            route=ROUTE_MODEL,
+            redacted_request=conv[last]["content"],
+            guard_s=time.perf_counter() - t0,
+        )
+        if decision is not None:
+            reasons = list(dict.fromkeys([*decision.reasons, *pii_reasons]))
+            any_pii = any(r.startswith("pii:") for r in reasons)
+            ans.input_action = "redact" if decision.action == "allow" and any_pii else decision.action
+            ans.input_reasons = reasons
+            ans.input_risk = float(decision.risk)
             if decision.action == "refuse":
                 ans.text = guard.refusal_message
                 ans.route = ROUTE_REFUSED_INPUT
@@ -161,21 +174,20 @@ class Pipeline:
 
 
 def build_pipeline(
-    task,
-    tokenizer,
-    *,
-    rag: bool = True,
-    k: int = 3,
-    max_context_tokens: int = 384,
-    guard_config=None,
+    task, tokenizer, retrieval=None, guard_config=None, max_prompt_tokens: int | None = None
 ) -> Pipeline:
-    """The guard and grounded prompter for ``task`` as the server builds them (``rag=False``: no index)."""
+    """The guard and grounded prompter for ``task``, built as ``distilltune serve`` builds them.
+
+    ``retrieval``: a ``RetrievalConfig`` (default settings when None); ``retrieval.enabled=False`` or a
+    task without knowledge documents gives a prompter without an index (system prompt only).
+    """
     from distilltune.policy import Guard
     from distilltune.retrieval import GroundedPrompter, KnowledgeIndex, RetrievalConfig
 
+    retrieval = retrieval or RetrievalConfig()
     guard = Guard.for_task(task, guard_config)
-    index = KnowledgeIndex.open(task, RetrievalConfig()) if rag and task.knowledge else None
-    prompter = GroundedPrompter(
-        task.system_prompt, tokenizer, index=index, k=k, max_context_tokens=max_context_tokens
+    index = KnowledgeIndex.open(task, retrieval) if retrieval.enabled and task.knowledge else None
+    prompter = GroundedPrompter.from_config(
+        task.system_prompt, tokenizer, index, retrieval, max_prompt_tokens=max_prompt_tokens
     )
     return Pipeline(guard, prompter, index)

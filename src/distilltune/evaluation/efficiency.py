@@ -120,6 +120,7 @@ def probe(spec: dict) -> dict:
     from distilltune.evaluation.answer import answer_requests, build_pipeline
     from distilltune.models import load_model, model_info
     from distilltune.policy import GuardConfig
+    from distilltune.retrieval import RetrievalConfig
     from distilltune.runtime import set_threads
     from distilltune.task import load_task
 
@@ -130,13 +131,13 @@ def probe(spec: dict) -> dict:
     load_s = time.perf_counter() - t0
     rss_after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t0 = time.perf_counter()
+    retrieval = RetrievalConfig.model_validate(spec.get("retrieval") or {})
     pipe = build_pipeline(
         task,
         loaded.tokenizer,
-        rag=spec["rag"],
-        k=spec["k"],
-        max_context_tokens=spec["max_context_tokens"],
-        guard_config=GuardConfig.model_validate(spec.get("guard") or {}),
+        retrieval,
+        GuardConfig.model_validate(spec.get("guard") or {}),
+        spec.get("max_prompt_tokens"),
     )
     pipeline_s = time.perf_counter() - t0
     prompts = serving_prompts(task, pipe.guard, spec["warmup"] + spec["prompts"])
@@ -175,7 +176,7 @@ def probe(spec: dict) -> dict:
             "max_new_tokens": spec["max_new_tokens"],
             "warmup": spec["warmup"],
             "prompts": spec["prompts"],
-            "rag": spec["rag"],
+            "rag": retrieval.enabled,
             "threads": threads,
             "dtype": spec.get("dtype", "float32"),
         },

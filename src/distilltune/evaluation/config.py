@@ -1,0 +1,41 @@
+"""``EvaluateConfig``: every setting of one evaluation, written back as ``config.yaml`` (re-runnable).
+
+Generation during evaluation is always greedy: quality numbers must be reproducible and comparable
+between models, so only the length cap and the batch size are settings. Retrieval and guard settings
+nest the same typed configs ``distilltune serve`` uses, so an evaluation can mirror a deployment.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from distilltune.config import StrictModel
+from distilltune.policy.guard import GuardConfig
+from distilltune.retrieval.config import RetrievalConfig
+
+
+class EfficiencySettings(StrictModel):
+    enabled: bool = True
+    prompts: int = Field(default=10, ge=1, description="timed batch-1 requests")
+    warmup: int = Field(default=2, ge=0, description="untimed requests first")
+    max_new_tokens: int = Field(default=64, ge=1)
+    timeout_s: float = Field(default=1800.0, gt=0)
+
+
+class EvaluateConfig(StrictModel):
+    model: str = Field(min_length=1)
+    task: str = Field(min_length=1)
+    output: str = Field(min_length=1)
+    teacher: str | None = None  # teacher agreement; also the base of student specs like teacher:n_layers=6
+    teacher_agreement: bool = True  # answer with the teacher too (when one is given) and compare
+    limit: int | None = Field(default=None, ge=1, description="first N items of each suite")
+    behaviour: bool = True
+    max_new_tokens: int = Field(default=96, ge=1)
+    batch_size: int = Field(default=8, ge=1)
+    max_prompt_tokens: int | None = Field(default=2048, ge=16, description="as the server's limit")
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    retrieval: RetrievalConfig = RetrievalConfig()  # --rag/--no-rag sets retrieval.enabled
+    efficiency: EfficiencySettings = EfficiencySettings()
+    guard: GuardConfig = GuardConfig()  # as the server configures it

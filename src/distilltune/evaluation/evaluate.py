@@ -1,0 +1,283 @@
+"""``evaluate(cfg) -> dict``: one model on one task — quality, groundedness, behaviour, efficiency.
+
+Everything the model answers goes through ``answer_requests`` (guard → retrieval → model → guard), so
+the numbers describe the system a user would talk to. Outputs, all written atomically into
+``cfg.output`` (which may be a training run directory):
+
+- ``eval.json``: the results (shape documented in docs/evaluation.md; ``compare`` reads it);
+- ``items.jsonl``: one record per eval item and behaviour case — the redacted request, the answer,
+  guard decisions, retrieved files and every per-item score — so any number traces back to answers;
+- ``config.yaml``: the resolved ``EvaluateConfig`` (``eval_config.yaml`` when the directory already
+  holds another command's config.yaml, e.g. a training run's);
+- one summary line appended to ``metrics.jsonl``.
+
+Efficiency is measured last, in a fresh subprocess (see ``efficiency``), after this process has
+released its models, so the two never compete for the CPU.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import platform
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from distilltune.errors import UserError
+from distilltune.evaluation import behaviour, efficiency, grounding, quality
+from distilltune.evaluation.answer import ROUTE_MODEL, answer_requests, build_pipeline, hit_record
+from distilltune.evaluation.config import EvaluateConfig
+from distilltune.io import append_jsonl, atomic_write_json, atomic_write_text
+
+SCHEMA_VERSION = 1
+
+
+def _stderr(msg: str) -> None:
+    print(f"[evaluate] {msg}", file=sys.stderr, flush=True)
+
+
+def item_id(conv, index: int) -> str:
+    """An eval item's id: its own ``id``, else ``eval-<0-based position in eval.jsonl>``."""
+    return conv.id or f"eval-{index}"
+
+
+def _versions() -> dict:
+    import torch
+    import transformers
+
+    from distilltune import __version__
+
+    return {
+        "distilltune": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _check_output_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: --output must be a directory (it is a file)")
+
+
+def _check_ref(ref: str, what: str) -> None:
+    """Fail fast on a mistyped model reference, before minutes of generation."""
+    from distilltune.models.resolve import is_student_spec, resolve_path
+
+    if not is_student_spec(ref):
+        try:
+            resolve_path(ref)
+        except UserError as e:
+            raise UserError(f"{what}: {e.message}") from None
+
+
+def _write_config(out: Path, cfg: EvaluateConfig) -> str:
+    from distilltune.config import read_yaml, to_yaml
+
+    name = "config.yaml"
+    existing = out / name
+    if existing.exists():
+        try:
+            EvaluateConfig.model_validate(read_yaml(existing))
+        except Exception:
+            name = "eval_config.yaml"  # a training run's config.yaml: keep it
+    atomic_write_text(out / name, to_yaml(cfg))
+    return name
+
+
+def _answer_all(loaded, pipe, convs: list[list[dict]], cfg: EvaluateConfig, log, what: str):
+    t0 = time.perf_counter()
+    answers = answer_requests(
+        loaded.model,
+        loaded.tokenizer,
+        pipe.guard,
+        pipe.prompter,
+        convs,
+        max_new_tokens=cfg.max_new_tokens,
+        batch_size=cfg.batch_size,
+    )
+    n_model = sum(a.route == ROUTE_MODEL for a in answers)
+    log(f"{what}: {len(answers)} answers in {time.perf_counter() - t0:.1f} s ({n_model} from the model)")
+    return answers
+
+
+def _guard_fields(a) -> dict:
+    return {
+        "route": a.route,
+        "input_action": a.input_action,
+        "input_reasons": a.input_reasons,
+        "output_action": a.output_action,
+        "output_reasons": a.output_reasons,
+        "hits": [hit_record(h) for h in a.hits],
+        "prompt_tokens": a.prompt_tokens,
+        "new_tokens": a.new_tokens,
+        "finished": a.finished,
+    }
+
+
+def evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = _stderr) -> dict:
+    """Evaluate ``cfg.model`` on ``cfg.task``; write eval.json, items.jsonl, config; return the results."""
+    from distilltune.models import load_model, model_info
+    from distilltune.runtime import set_threads
+    from distilltune.task import load_task
+
+    started = time.perf_counter()
+    out = Path(cfg.output)
+    _check_output_dir(out)
+    task = load_task(cfg.task)
+    rag = cfg.retrieval.enabled and bool(task.knowledge)
+    _check_ref(cfg.model, "model")
+    use_teacher = bool(cfg.teacher and cfg.teacher_agreement)
+    if cfg.teacher:
+        _check_ref(cfg.teacher, "teacher")
+    set_threads()
+
+    items = task.eval[: cfg.limit] if cfg.limit else list(task.eval)
+    ids = [item_id(c, i) for i, c in enumerate(items)]
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        raise UserError(f"{task.root}: eval item ids must be unique; repeated: {', '.join(dup)}")
+    suites = {"scenarios": task.scenarios, "adversarial": task.adversarial} if cfg.behaviour else {}
+    suites = {k: (v[: cfg.limit] if cfg.limit else list(v)) for k, v in suites.items()}
+
+    t0 = time.perf_counter()
+    loaded = load_model(cfg.model, teacher=cfg.teacher, dtype=cfg.dtype)
+    log(f"loaded {cfg.model} ({model_info(loaded.model).line()}) in {time.perf_counter() - t0:.1f} s")
+    pipe = build_pipeline(task, loaded.tokenizer, cfg.retrieval, cfg.guard, cfg.max_prompt_tokens)
+
+    def redact(text: str) -> str:
+        return pipe.guard.check_input(text).redacted_text if pipe.guard is not None else text
+
+    convs = [[m.model_dump() for m in c.prompt_messages] for c in items]
+    answers = _answer_all(loaded, pipe, convs, cfg, log, "eval items")
+    case_answers = {
+        name: _answer_all(
+            loaded, pipe, [[{"role": "user", "content": c.prompt}] for c in cases], cfg, log, name
+        )
+        for name, cases in suites.items()
+        if cases
+    }
+    params = model_info(loaded.model).params
+    size_bytes, size_kind = efficiency.serving_size(cfg.model, loaded.model)
+    del loaded
+    gc.collect()
+
+    teacher_answers = None
+    if use_teacher:
+        t0 = time.perf_counter()
+        teacher = load_model(cfg.teacher, dtype=cfg.dtype)
+        log(f"loaded teacher {cfg.teacher} in {time.perf_counter() - t0:.1f} s")
+        tpipe = build_pipeline(task, teacher.tokenizer, cfg.retrieval, cfg.guard, cfg.max_prompt_tokens)
+        teacher_answers = _answer_all(teacher, tpipe, convs, cfg, log, "teacher answers")
+        del teacher, tpipe
+        gc.collect()
+
+    refusal = task.policy.refusal_message
+    per_item, records, ground = [], [], []
+    for i, (conv, a) in enumerate(zip(items, answers, strict=True)):
+        t_text = teacher_answers[i].text if teacher_answers else None
+        q = quality.score_item(a.text, conv.answer, conv.facts, refusal, t_text)
+        g = grounding.ground_item(a.text, conv.facts, conv.sources, a.hits, task.knowledge, q["refused"], rag)
+        ground.append(g)
+        row = {"id": ids[i], **q, "route": a.route, "groundedness": g["grounded"]}
+        per_item.append(row)
+        rec = {
+            "suite": "eval",
+            "id": ids[i],
+            "prompt": [{"role": m["role"], "content": redact(m["content"])} for m in convs[i]],
+            "reference": redact(conv.answer),
+            "answer": a.text,
+            **({"teacher_answer": t_text} if t_text is not None else {}),
+            "facts": [redact(f) for f in conv.facts],
+            "sources": conv.sources,
+            **{k: v for k, v in q.items() if k not in ("facts_found", "facts_missing")},
+            "facts_found": [redact(f) for f in q["facts_found"]],
+            "facts_missing": [redact(f) for f in q["facts_missing"]],
+            "grounding": g,
+            **_guard_fields(a),
+        }
+        records.append(rec)
+
+    behaviour_out: dict = {"failures": []}
+    for name, cases in suites.items():
+        results = []
+        for case, a in zip(cases, case_answers.get(name, []), strict=True):
+            rec = {
+                "suite": name,
+                "id": case.id,
+                "kind": case.kind,
+                "prompt": [{"role": "user", "content": a.redacted_request}],
+                "answer": a.text,
+                "expect_refuse": case.expect.refuse,
+                **_guard_fields(a),
+            }
+            reasons = behaviour.check_case(case.expect, a.text, rec, refusal)
+            rec["pass"], rec["failures"] = not reasons, reasons
+            records.append(rec)
+            results.append({"id": case.id, "kind": case.kind, "pass": not reasons})
+            if reasons:
+                behaviour_out["failures"].append(
+                    {"suite": name, "id": case.id, "kind": case.kind, "route": a.route, "reasons": reasons}
+                )
+        behaviour_out[name] = behaviour.summarize(results)
+
+    eff: dict = {"params": params, "size_bytes": size_bytes, "size_kind": size_kind}
+    if cfg.efficiency.enabled:
+        log(
+            f"measuring efficiency in a fresh process ({cfg.efficiency.warmup} warm-up + "
+            f"{cfg.efficiency.prompts} timed requests, batch 1, max_new_tokens {cfg.efficiency.max_new_tokens})"
+        )
+        t0 = time.perf_counter()
+        probe = efficiency.measure(
+            {
+                "model": cfg.model,
+                "teacher": cfg.teacher,
+                "task": str(task.root),
+                "retrieval": cfg.retrieval.model_dump(mode="json"),
+                "max_prompt_tokens": cfg.max_prompt_tokens,
+                "prompts": cfg.efficiency.prompts,
+                "warmup": cfg.efficiency.warmup,
+                "max_new_tokens": cfg.efficiency.max_new_tokens,
+                "dtype": cfg.dtype,
+                "guard": cfg.guard.model_dump(mode="json"),
+            },
+            timeout_s=cfg.efficiency.timeout_s,
+        )
+        eff.update(probe)
+        log(f"efficiency measured in {time.perf_counter() - t0:.1f} s")
+
+    result = {
+        "schema_version": SCHEMA_VERSION,
+        "model": cfg.model,
+        "task": task.name,
+        "task_dir": str(task.root),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "settings": cfg.model_dump(mode="json") | {"decoding": "greedy", "rag": rag},
+        "versions": _versions(),
+        "quality": quality.aggregate(per_item),
+        "per_item": per_item,
+        "groundedness": grounding.aggregate(ground) | {"rag": rag},
+        "behaviour": behaviour_out,
+        "efficiency": eff,
+        "wall_s": time.perf_counter() - started,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(
+        out / "items.jsonl", "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records)
+    )
+    result["config_file"] = _write_config(out, cfg)
+    atomic_write_json(out / "eval.json", result)
+    append_jsonl(
+        out / "metrics.jsonl",
+        {
+            "event": "eval",
+            "model": cfg.model,
+            "primary": result["quality"]["primary"],
+            "n_items": len(per_item),
+            "time": result["created_at"],
+        },
+    )
+    return result
