@@ -33,11 +33,20 @@ def _eval(scores, p95=None, mem=None, size=None, failures=(), **quality):
         "task": "t",
         "quality": {"primary": sum(scores) / len(scores), "fact_recall": 0.5, **quality},
         "per_item": [{"id": f"e{i:02d}", "pass": s >= 0.5, "primary": s} for i, s in enumerate(scores)],
-        "groundedness": {"citation_recall": 0.75},
+        "groundedness": {"grounded": 0.75, "supported": 0.9, "citations": 12, "rag": True},
         "behaviour": {
             "scenarios": {"pass_rate": 0.9},
             "adversarial": {"pass_rate": 0.8},
-            "failures": [{"suite": a, "id": b, "reason": c} for a, b, c in failures],
+            "failures": [
+                {
+                    "suite": a,
+                    "id": b,
+                    "kind": "injection",
+                    "route": "model",
+                    "reasons": [c, "not_contains[0]"],
+                }
+                for a, b, c in failures
+            ],
         },
         "efficiency": {
             "params": 5e7,
@@ -238,7 +247,14 @@ def test_analyse_when_no_strategy_meets_the_budgets():
     assert rec["meets_budgets"] is False and rec["rule"] == "nearest-to-budgets"
     # student-ft: 900/500-1 = 0.8, 590/300-1 = 0.97 → 1.25; student-kd: 1.0, 1.0 → 1.41; teacher-lora: 7.3.
     assert rec["strategy"] == "student-ft"
+    assert rec["reason"] == (
+        "No strategy meets every budget; student-ft is the Pareto-frontier point nearest to them, with "
+        "quality 0.15: it misses the latency and memory budgets (p95 900 ms > 500 ms, 590 MB > 300 MB)."
+    )
     assert all(not s["budgets"]["meets"] for s in r["strategies"])
+    # A budget the nearest point does meet is named too.
+    r = analyse(_strategies(), Budgets(latency_p95_ms=500, memory_mb=4096), "t")
+    assert r["recommendation"]["reason"].endswith("(p95 900 ms > 500 ms) and meets 590 MB ≤ 4096 MB.")
 
 
 def test_failed_and_unmeasured_strategies_are_listed_not_recommended():
@@ -327,6 +343,12 @@ def test_build_report_writes_three_valid_files(built):
     assert validate_report(on_disk) == []
     assert on_disk == json.loads(json.dumps(report))
     assert on_disk["recommendation"]["strategy"] == "student-kd"
+    lora = on_disk["strategies"][0]
+    assert lora["behaviour"]["failures"] == [
+        {"suite": "adversarial", "id": "adv-1", "reason": f"echoed {PLANT} | and a pipe; not_contains[0]",
+         "kind": "injection", "route": "model"}
+    ]  # fmt: skip
+    assert lora["groundedness"] == {"grounded": 0.75, "supported": 0.9, "citations": 12.0}
 
 
 def test_html_is_self_contained_and_leads_with_the_recommendation(built):

@@ -223,10 +223,10 @@ def recommend(
         pick = min(front, key=lambda c: (budget_distance(checks[c.name]), *_by_quality(c)))
         met = [ch.text for ch in checks[pick.name] if ch.ok]
         reason = (
-            f"No strategy meets every budget; {pick.name} is the Pareto-frontier point nearest to them "
-            f"(quality {fmt.quality(pick.quality)}; misses {_missed_text(checks[pick.name])}"
-            + (f"; meets {', '.join(met)}" if met else "")
-            + ")."
+            f"No strategy meets every budget; {pick.name} is the Pareto-frontier point nearest to them, "
+            f"with quality {fmt.quality(pick.quality)}: it misses {_missed_text(checks[pick.name])}"
+            + (f" and meets {', '.join(met)}" if met else "")
+            + "."
         )
         return Recommendation(pick.name, reason, False, "nearest-to-budgets")
 

@@ -131,7 +131,10 @@ def _place_labels(ax, labels: list[tuple[float, float, str]], fontsize: float = 
         )  # fmt: skip
 
 
-def _scatter_panel(ax, report: dict, key: str, flag: str, budget: float | None, xlabel: str, colors) -> bool:
+def _scatter_panel(
+    ax, report: dict, key: str, flag: str, budget: float | None, xlabel: str, colors
+) -> list[tuple[float, float, str]]:
+    """Draw one quality-vs-cost panel; returns the points to label (after the figure's layout is final)."""
     rows = []
     for s in report["strategies"]:
         q, x = s["quality"]["primary"], s["efficiency"][key]
@@ -140,7 +143,7 @@ def _scatter_panel(ax, report: dict, key: str, flag: str, budget: float | None, 
         rows.append((s, x, q))
     if not rows:
         ax.set_visible(False)
-        return False
+        return []
     min_q = report["budgets"].get("min_quality")
     xs = [x for _, x, _ in rows]
     los = [s["quality"]["ci95"][0] if s["quality"]["ci95"] else q for s, _, q in rows]
@@ -184,8 +187,7 @@ def _scatter_panel(ax, report: dict, key: str, flag: str, budget: float | None, 
         )  # fmt: skip
     ax.set_xlabel(xlabel)
     ax.set_ylabel("primary quality (95% CI)")
-    _place_labels(ax, [(x, q, s["name"]) for s, x, q in rows])
-    return True
+    return [(x, q, s["name"]) for s, x, q in rows]
 
 
 def quality_cost_figure(report: dict, colors: dict[str, str]) -> str | None:
@@ -195,11 +197,11 @@ def quality_cost_figure(report: dict, colors: dict[str, str]) -> str | None:
     with matplotlib.rc_context(RC):
         fig, (a1, a2) = _new_figure(10.5, 4.0, 2)
         b = report["budgets"]
-        drew1 = _scatter_panel(a1, report, "latency_p95_ms", "quality_latency", b.get("latency_p95_ms"),
+        labels1 = _scatter_panel(a1, report, "latency_p95_ms", "quality_latency", b.get("latency_p95_ms"),
                                "p95 answer latency (ms)", colors)  # fmt: skip
-        drew2 = _scatter_panel(a2, report, "peak_rss_mb", "quality_memory", b.get("memory_mb"),
+        labels2 = _scatter_panel(a2, report, "peak_rss_mb", "quality_memory", b.get("memory_mb"),
                                "peak memory (MB)", colors)  # fmt: skip
-        if not (drew1 or drew2):
+        if not (labels1 or labels2):
             return None
         a1.set_title("Quality vs latency", loc="left")
         a2.set_title("Quality vs memory", loc="left")
@@ -214,6 +216,9 @@ def quality_cost_figure(report: dict, colors: dict[str, str]) -> str | None:
             fig.legend(
                 handles.values(), handles.keys(), loc="outside lower center", ncols=len(handles), fontsize=8
             )
+        for ax, labels in ((a1, labels1), (a2, labels2)):
+            if labels:
+                _place_labels(ax, labels)
         return _png(fig)
 
 

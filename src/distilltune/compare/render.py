@@ -36,6 +36,8 @@ QUALITY_DETAILS = [
     ("refusal_accuracy", "refusal accuracy"),
     ("pass_rate", "pass rate"),
 ]
+# The shares eval.json reports under "groundedness" (docs/evaluation.md); its counts stay in report.json.
+GROUNDEDNESS_SHARES = ("grounded", "supported", "citation_validity", "retrieval_recall")
 MAX_FAILURES_SHOWN = 25
 
 
@@ -108,7 +110,9 @@ def _row(s: dict, cmp: dict | None, colors: dict, winner: str | None) -> dict:
         "budget_title": budget[2],
         "frontier": ", ".join(fronts) if fronts else "—",
         "details": [(label, fmt.quality(q.get(key))) for key, label in QUALITY_DETAILS],
-        "groundedness": {k: fmt.quality(v) for k, v in s["groundedness"].items()},
+        "groundedness": {
+            k: fmt.quality(s["groundedness"].get(k)) for k in GROUNDEDNESS_SHARES if k in s["groundedness"]
+        },
         "scenarios": fmt.pct(s["behaviour"]["scenarios_pass_rate"]),
         "adversarial": fmt.pct(s["behaviour"]["adversarial_pass_rate"]),
         "n_failures": s["behaviour"]["n_failures"],
@@ -185,7 +189,7 @@ def view(report: dict, figures: bool = True) -> dict:
         "commands": list(report["commands"].items()),
         "any_failures": any(r["n_failures"] for r in rows),
         "n_items": max((r["n_items"] for r in rows), default=0),
-        "ground_cols": sorted({k for r in rows for k in r["groundedness"]}),
+        "ground_cols": [k for k in GROUNDEDNESS_SHARES if any(k in r["groundedness"] for r in rows)],
     }
 
 

@@ -103,21 +103,26 @@ def _failures(ev: dict) -> list[dict]:
     raw = _get(ev, "behaviour", "failures")
     out = []
     for f in raw if isinstance(raw, list) else []:
-        if isinstance(f, dict):
-            out.append(
-                {
-                    "suite": str(f.get("suite", "")),
-                    "id": str(f.get("id", "")),
-                    "reason": str(f.get("reason", "")),
-                }
-            )
+        if not isinstance(f, dict):
+            continue
+        # eval.json lists ``reasons``; a single ``reason`` string is accepted too.
+        reasons = f.get("reasons")
+        if isinstance(reasons, list):
+            reason = "; ".join(str(r) for r in reasons)
+        else:
+            reason = str(f.get("reason", reasons if reasons is not None else ""))
+        entry = {"suite": str(f.get("suite", "")), "id": str(f.get("id", "")), "reason": reason}
+        for key in ("kind", "route"):
+            if isinstance(f.get(key), str):
+                entry[key] = f[key]
+        out.append(entry)
     return out
 
 
 def _cost(r: StrategyResult) -> float | None:
     if r.wall_s is None or r.price_per_hour is None:
         return None
-    return r.wall_s / 3600.0 * r.price_per_hour
+    return round(r.wall_s / 3600.0 * r.price_per_hour, 6)
 
 
 def _strategy_entry(r: StrategyResult, settings: dict) -> dict:
