@@ -298,6 +298,13 @@ def test_curve_from_metrics_keeps_numeric_step_rows():
 def test_validate_report_lists_violations():
     r = analyse(_strategies(), Budgets(), "t", now=datetime(2025, 1, 1, tzinfo=UTC))
     assert r["generated_at"] == "2025-01-01T00:00:00+00:00"
+    assert r["statistics"] == {
+        "resamples": 2000,
+        "confidence": 0.95,
+        "alpha": 0.05,
+        "seed": 0,
+        "exact_below": 25,
+    }
     assert validate_report(r) == []
     bad = copy.deepcopy(r)
     del bad["strategies"][0]["efficiency"]["latency_p95_ms"]
