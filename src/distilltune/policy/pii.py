@@ -139,7 +139,7 @@ BUILTIN: dict[str, Detector] = {
     "ip_address": Detector(
         "ip_address",
         re.compile(
-            r"(?<![\w.:])(?:\d{1,3}\.){3}\d{1,3}(?![\w.])"
+            r"(?<![\w.:])(?:\d{1,3}\.){3}\d{1,3}(?!\w|\.\d)"
             r"|(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])"
         ),
         check=ip_ok,

@@ -44,25 +44,40 @@ def resolve_model_path(model: str | None) -> Path:
 
 
 class Embedder:
-    """A loaded sentence-transformers model: ``encode`` returns L2-normalised float32 rows."""
+    """A sentence-transformers model, loaded on first use: ``encode`` returns L2-normalised float32 rows.
+
+    Loading is lazy so that reusing an index or a lexical-only search costs no model load.
+    """
 
     def __init__(self, path: Path):
+        self.path = path
+        self._model = None
+        self._lock = threading.Lock()
+
+    @property
+    def model(self):
+        with self._lock:
+            if self._model is None:
+                self._model = self._load()
+            return self._model
+
+    def _load(self):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as hf_logging
 
-        self.path = path
         bars = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()  # a "Loading weights" bar per load drowns our own output
         try:
-            self.model = SentenceTransformer(str(path), device="cpu")
+            return SentenceTransformer(str(self.path), device="cpu")
         except Exception as e:  # a broken folder raises anything from OSError to KeyError
-            raise UserError(f"embedding model {path}: cannot load it ({type(e).__name__}: {e})") from None
+            raise UserError(
+                f"embedding model {self.path}: cannot load it ({type(e).__name__}: {e})"
+            ) from None
         finally:
             if bars:
                 hf_logging.enable_progress_bar()
-        self._lock = threading.Lock()
 
     @cached_property
     def identity(self) -> str:
@@ -93,8 +108,9 @@ class Embedder:
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
+        model = self.model
         with self._lock:  # the tokenizer and torch module are not safe to share across threads
-            vecs = self.model.encode(
+            vecs = model.encode(
                 texts,
                 batch_size=batch_size,
                 normalize_embeddings=True,

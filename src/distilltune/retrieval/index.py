@@ -136,13 +136,11 @@ class KnowledgeIndex:
         name, docs, kdir = _task_parts(task)
         uri = cfg.uri or default_uri(name, kdir)
         embedder = load_embedder(cfg.embedding_model)
-        want = content_hash(
-            docs, INDEX_FORMAT, cfg.chunk_words, cfg.chunk_overlap_words, embedder.identity, embedder.dim
-        )
+        want = content_hash(docs, INDEX_FORMAT, cfg.chunk_words, cfg.chunk_overlap_words, embedder.identity)
         with _locked(uri):
             reason = "forced" if rebuild else None
             if reason is None:
-                table, n, reason = cls._check(uri, want, embedder.dim)
+                table, n, reason = cls._check(uri, want)
                 if reason is None:
                     return cls(table, uri, cfg, embedder, n, "reused")
             if reason != "no index yet":
@@ -153,7 +151,7 @@ class KnowledgeIndex:
             return cls(table, uri, cfg, embedder, len(chunks), status)
 
     @staticmethod
-    def _check(uri: str, want: str, dim: int):
+    def _check(uri: str, want: str):
         """(table, n_chunks, None) when the stored index is current and readable, else (None, 0, why)."""
         if _is_local(uri) and not (_local_path(uri) / f"{TABLE}.lance").exists():
             return None, 0, "no index yet"
@@ -170,8 +168,9 @@ class KnowledgeIndex:
             n = int(meta[f"{_META}.n_chunks"])
             if table.count_rows() != n:
                 return None, 0, "row count does not match its manifest"
-            if table.schema.field("vector").type.list_size != dim:
-                return None, 0, "vector size does not match the embedding model"
+            dim = table.schema.field("vector").type.list_size
+            if dim != int(meta[f"{_META}.dim"]):
+                return None, 0, "vector size does not match its manifest"
             if not any(ix.index_type == "FTS" for ix in table.list_indices()):
                 return None, 0, "full-text index missing (interrupted build?)"
             ids = table.search().select(["chunk_id"]).limit(n + 1).to_arrow().column("chunk_id")
@@ -197,7 +196,7 @@ class KnowledgeIndex:
                 "text": [c.text for c in chunks],
                 "search_text": [c.search_text for c in chunks],
                 "vector": pa.FixedSizeListArray.from_arrays(
-                    pa.array(vectors.reshape(-1), type=pa.float32()), embedder.dim
+                    pa.array(vectors.reshape(-1), type=pa.float32()), vectors.shape[1]
                 ),
             }
         ).replace_schema_metadata(
@@ -206,6 +205,7 @@ class KnowledgeIndex:
                 f"{_META}.n_chunks": str(len(chunks)),
                 f"{_META}.format": str(INDEX_FORMAT),
                 f"{_META}.embedding_model": embedder.identity,
+                f"{_META}.dim": str(vectors.shape[1]),
             }
         )
 
@@ -245,10 +245,10 @@ class KnowledgeIndex:
             q = q.distance_type("cosine")
         return q.limit(n).select(cols).to_list()
 
-    def dense(self, query: str, n: int) -> list[Hit]:
+    def dense(self, query: str, n: int, vector: np.ndarray | None = None) -> list[Hit]:
         if not query.strip():
             return []
-        vec = self.embedder.encode([query])[0]
+        vec = self.embedder.encode([query])[0] if vector is None else vector
         rows = self._rows(vec, "vector", n)
         return [_hit(r, 1.0 - float(r["_distance"])) for r in rows]
 
@@ -259,23 +259,30 @@ class KnowledgeIndex:
         rows = self._rows(words, "fts", n)
         return [_hit(r, float(r["_score"])) for r in rows]
 
-    def search(self, query: str, k: int = 5, mode: SearchMode = "hybrid") -> list[Hit]:
-        """The ``k`` best chunks for ``query``, best first."""
+    def search(
+        self, query: str, k: int = 5, mode: SearchMode = "hybrid", vector: np.ndarray | None = None
+    ) -> list[Hit]:
+        """The ``k`` best chunks for ``query``, best first (``vector``: its embedding, if already known)."""
         if mode not in MODES:
             raise UserError(f"search mode {mode!r}: expected one of {', '.join(MODES)}")
-        if k < 1:
+        if k < 1 or not re.search(r"\w", query):
             return []
-        if (msg := self.check_query(query)) is not None:
-            log.info(msg)
-        if mode == "dense":
-            return self.dense(query, k)
         if mode == "lexical":
             return self.lexical(query, k)
+        if vector is None and (msg := self.check_query(query)) is not None:
+            log.info(msg)
+        if mode == "dense":
+            return self.dense(query, k, vector)
         depth = max(k, self.cfg.candidates)
-        d, lx = self.dense(query, depth), self.lexical(query, depth)
+        d, lx = self.dense(query, depth, vector), self.lexical(query, depth)
         by_id = {h.chunk_id: h for h in d + lx}
         fused = rrf([[h.chunk_id for h in d], [h.chunk_id for h in lx]], self.cfg.rrf_k)
         return [_replace_score(by_id[cid], score) for cid, score in fused[:k]]
+
+    def search_many(self, queries: list[str], k: int = 5, mode: SearchMode = "hybrid") -> list[list[Hit]]:
+        """``search`` for many queries, embedding them in one batch (training and evaluation use this)."""
+        vectors = self.embedder.encode(queries) if mode != "lexical" and queries else [None] * len(queries)
+        return [self.search(q, k, mode, vector=v) for q, v in zip(queries, vectors, strict=True)]
 
 
 def _hit(row: dict, score: float) -> Hit:

@@ -45,6 +45,19 @@ def _as_dicts(conversation: Sequence[Any]) -> list[dict]:
     return out
 
 
+def retrieval_query(conversation: Sequence[Any], previous_turn: str = "short") -> str:
+    """The last user turn, plus the previous user turn when ``previous_turn`` asks for it."""
+    users = [m["content"] for m in _as_dicts(conversation) if m["role"] == "user"]
+    if not users:
+        return ""
+    last = users[-1]
+    if len(users) > 1 and (
+        previous_turn == "always" or (previous_turn == "short" and len(last.split()) < SHORT_TURN_WORDS)
+    ):
+        return f"{users[-2]}\n{last}"
+    return last
+
+
 def format_context(hits: Sequence[Any]) -> str:
     """The numbered context block for ``hits`` (empty string for no hits)."""
     if not hits:
@@ -100,16 +113,7 @@ class GroundedPrompter:
 
     def query(self, conversation: Sequence[Any]) -> str:
         """The retrieval query: the last user turn (plus the previous one, per ``previous_turn``)."""
-        users = [m["content"] for m in _as_dicts(conversation) if m["role"] == "user"]
-        if not users:
-            return ""
-        last = users[-1]
-        if len(users) > 1 and (
-            self.previous_turn == "always"
-            or (self.previous_turn == "short" and len(last.split()) < SHORT_TURN_WORDS)
-        ):
-            return f"{users[-2]}\n{last}"
-        return last
+        return retrieval_query(conversation, self.previous_turn)
 
     def count_tokens(self, text: str) -> int:
         if self.tokenizer is None:  # no tokenizer: whitespace words stand in for tokens
