@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from distilltune.cli.common import CONFIG_OPT, OVERRIDES_ARG, PRINT_CONFIG_OPT, build_config, console, out
+from distilltune.cli.common import CONFIG_OPT, OVERRIDES_ARG, PRINT_CONFIG_OPT, console, out
 
 
 def register(app: typer.Typer) -> None:
@@ -36,29 +36,27 @@ def register(app: typer.Typer) -> None:
         overrides: list[str] = OVERRIDES_ARG,
     ) -> None:
         """Fine-tune a model on a task (full, LoRA, bottleneck adapter, prefix tuning or IA3)."""
-        from distilltune.train.config import FinetuneConfig
+        from distilltune.config import to_yaml
+        from distilltune.train.finetune import load_finetune_config
 
-        cfg = build_config(
-            FinetuneConfig,
-            config,
-            {
-                "task": str(task) if task else None,
-                "model": model,
-                "method": method,
-                "output": str(output) if output else None,
-            },
-            overrides,
-            print_config,
-        )
+        cli_values = {
+            "task": str(task) if task else None,
+            "model": model,
+            "method": method,
+            "output": str(output) if output else None,
+        }
+        cfg = load_finetune_config(config, cli_values, overrides, resume=resume)
+        if print_config:
+            out.print(to_yaml(cfg), end="", markup=False)
+            raise typer.Exit(0)
         from distilltune.runtime import ensure_fast_allocator, set_threads
 
         ensure_fast_allocator(quiet=quiet)
-        threads = set_threads()
+        set_threads()
         from distilltune.train.finetune import run_finetune
         from distilltune.train.progress import make_reporter
 
         reporter = make_reporter(quiet)
-        reporter.message(f"{threads} threads")
         run_dir = run_finetune(cfg, resume=resume, reporter=reporter)
         out.print(str(run_dir), markup=False)
 

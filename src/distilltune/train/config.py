@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from distilltune.config import StrictModel
 from distilltune.retrieval.config import RetrievalConfig
@@ -83,7 +83,15 @@ class PrefixSettings(StrictModel):
 
 class IA3Settings(StrictModel):
     target_modules: list[str] = Field(default=["k_proj", "v_proj", "down_proj"], min_length=1)
-    feedforward_modules: list[str] = ["down_proj"]
+    feedforward_modules: list[str] | None = Field(
+        default=None,
+        description="targets that scale the input, not the output (default: down_proj if targeted)",
+    )
+
+    def feedforward(self) -> list[str]:
+        if self.feedforward_modules is not None:
+            return list(self.feedforward_modules)
+        return [m for m in self.target_modules if m == "down_proj"]
 
 
 class AdapterSettings(StrictModel):
@@ -112,13 +120,6 @@ class FinetuneConfig(StrictModel):
     prefix: PrefixSettings = PrefixSettings()
     ia3: IA3Settings = IA3Settings()
     adapter: AdapterSettings = AdapterSettings()
-
-    @model_validator(mode="after")
-    def _ia3_feedforward_subset(self) -> FinetuneConfig:
-        extra = set(self.ia3.feedforward_modules) - set(self.ia3.target_modules)
-        if extra:
-            raise ValueError(f"ia3.feedforward_modules {sorted(extra)} must also be in ia3.target_modules")
-        return self
 
     def lr(self) -> float:
         return self.train.lr if self.train.lr is not None else DEFAULT_LR[self.method]

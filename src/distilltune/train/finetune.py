@@ -100,6 +100,57 @@ def validate(cfg: FinetuneConfig, resume: bool = False):
     return task
 
 
+def _drop(data: dict, loc: tuple) -> None:
+    """Remove the value at ``loc`` (a pydantic error location) from nested ``data``, if present."""
+    if not loc:
+        return
+    node = data
+    for key in loc[:-1]:
+        if not isinstance(node, dict) or key not in node:
+            return
+        node = node[key]
+    if isinstance(node, dict):
+        node.pop(loc[-1], None)
+
+
+def load_finetune_config(
+    config_file: str | Path | None, cli_values: dict, overrides: list[str] | None, resume: bool = False
+) -> FinetuneConfig:
+    """``resolve_config`` for finetune, reporting type errors *and* model/task problems in one go.
+
+    When some keys are invalid, the rest of the config is still checked against the task and the
+    model's architecture (with the invalid keys at their defaults), so a user sees every problem at once.
+    """
+    from pydantic import ValidationError
+
+    from distilltune.config import deep_merge, deep_set, parse_override, resolve_config
+
+    try:
+        return resolve_config(FinetuneConfig, config_file, cli_values, overrides)
+    except UserError as first:
+        if not first.problems or first.message != "invalid configuration":
+            raise
+        data = read_yaml(config_file) if config_file else {}
+        data = deep_merge(data, {k: v for k, v in cli_values.items() if v is not None})
+        for text in overrides or []:
+            keys, value = parse_override(text)
+            deep_set(data, keys, value)
+        try:
+            FinetuneConfig.model_validate(data)
+        except ValidationError as e:
+            for err in e.errors():
+                if err["type"] != "missing":
+                    _drop(data, err["loc"])
+        problems = list(first.problems)
+        try:
+            validate(FinetuneConfig.model_validate(data), resume)
+        except ValidationError:
+            pass  # required keys missing: already reported
+        except UserError as more:
+            problems += more.problems
+        raise UserError(f"invalid configuration: {len(problems)} problems", problems) from None
+
+
 def make_prompter(cfg: FinetuneConfig, task, tokenizer):
     """The server's prompt assembly (system prompt + retrieved context) when rag is on, else None."""
     if not cfg.rag:

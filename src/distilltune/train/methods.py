@@ -118,6 +118,13 @@ def check_method(cfg: FinetuneConfig, model: nn.Module, base_peft_type: str | No
         problems += _check_targets(model, cfg.lora.target_modules, "lora.target_modules", linear_only=False)
     elif cfg.method == "ia3":
         problems += _check_targets(model, cfg.ia3.target_modules, "ia3.target_modules", linear_only=True)
+        extra = sorted(set(cfg.ia3.feedforward()) - set(cfg.ia3.target_modules))
+        if extra:
+            problems.append(
+                Problem(
+                    "<config>", f"{extra} must also be in ia3.target_modules", field="ia3.feedforward_modules"
+                )
+            )
     elif cfg.method == "adapter":
         targets = cfg.adapter.target_modules or DEFAULT_TARGETS[cfg.adapter.kind]
         problems += _check_targets(model, targets, "adapter.target_modules", linear_only=True)
@@ -166,7 +173,7 @@ def peft_config(cfg: FinetuneConfig):
         return IA3Config(
             task_type=TaskType.CAUSAL_LM,
             target_modules=list(cfg.ia3.target_modules),
-            feedforward_modules=list(cfg.ia3.feedforward_modules),
+            feedforward_modules=cfg.ia3.feedforward(),
         )
     raise ValueError(cfg.method)
 
