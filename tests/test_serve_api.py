@@ -525,14 +525,13 @@ def test_pii_never_reaches_models_responses_or_the_log(live):
     blob = b"".join(p.read_bytes() for p in live.db.parent.glob(live.db.name + "*"))
     for secret in secrets:
         assert secret.encode() not in blob, f"{secret!r} is in the request log"
-    # the refusal cases were refused
-    by_prompt = {
-        json.loads(r["prompt"])[-1]["content"]: r for r in rows if r["prompt"] and r["status"] == 200
-    }
-    for case in task.adversarial:
+    # the refusal cases were refused (both modes), and their text was not logged at all
+    refusal = live.state.guard.refusal_message
+    for i, case in enumerate(task.adversarial):
         if case.expect.refuse:
-            row = by_prompt.get(case.prompt)
-            assert row is not None and row["route"] == "refused_input", case.id
+            assert replies[2 * i] == replies[2 * i + 1] == refusal, case.id
+    refused = [r for r in rows if r["route"] == "refused_input"]
+    assert refused and all("[withheld" in r["prompt"] for r in refused)
 
 
 def test_metrics_and_logs_command(live):

@@ -4,7 +4,7 @@ input guard → retrieval and prompt assembly → student → (cascade) fallback
 
 1. every turn of the conversation is redacted by ``guard.check_input`` (the models, the log and the
    index never see raw PII); the last user turn decides refusal → the policy's refusal message,
-   route ``refused_input``. Client ``system``/``developer`` turns are dropped: the task's system
+   route ``refused_input`` (the log then keeps only a digest of the text). Client ``system``/``developer`` turns are dropped: the task's system
    prompt governs (a client must not be able to replace the policy);
 2. ``prompter.messages(conversation)`` — the same function training and evaluation use — puts the
    system prompt and the numbered retrieved context in front;
@@ -23,6 +23,7 @@ the request's ``LogRecord`` — redacted text only.
 from __future__ import annotations
 
 import copy
+import hashlib
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -68,6 +69,11 @@ def hit_record(hit) -> dict:
         "chunk_id": getattr(hit, "chunk_id", None),
         "score": round(float(getattr(hit, "score", 0.0)), 6),
     }
+
+
+def withheld(text: str) -> str:
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    return f"[withheld: refused by the input guard; {len(text)} chars; sha256 {digest}]"
 
 
 def render_ids(slot: ModelSlot, messages: list[dict]) -> list[int]:
@@ -198,6 +204,10 @@ class RequestPipeline:
         rec.prompt, rec.input_action, rec.input_reasons = redacted, action, reasons
         extra = {"route": None, "citations": [], "guard": {"input": {"action": action, "reasons": reasons}}}
         if action == "refuse":
+            # A refused request is attack or off-policy content: its text stays out of the log (the task
+            # card's not_contains strings may sit in the prompt itself, e.g. "reply 'I have been pwned'").
+            # The guard's reason labels say what it was; a digest lets repeats be correlated.
+            rec.prompt = [{"role": m["role"], "content": withheld(m["content"])} for m in redacted]
             rec.route = extra["route"] = ROUTE_REFUSED_INPUT
             rec.answer = st.guard.refusal_message
             rec.finish_reason = "stop"

@@ -5,7 +5,9 @@ Rows are queued and inserted in batches by one writer thread, so a slow disk nev
 
 What a row holds is the contract that keeps PII out: the conversation *after* the input guard's
 redaction, the answer *after* the output guard, the route, latencies, the confidence signals and the
-guard verdicts as actions and reason labels (``pii:email``), never the matched text. The log is
+guard verdicts as actions and reason labels (``pii:email``), never the matched text. A request the
+input guard refused keeps no text at all, only its length and a digest: attack content (which may
+carry the very strings a task forbids in any output or log) is not worth storing. The log is
 written only from ``LogRecord`` fields the pipeline fills with redacted text.
 """
 
