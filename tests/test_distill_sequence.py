@@ -237,3 +237,29 @@ def test_real_generation_with_a_tiny_teacher(task, tiny_teacher_dir):
     # a random 4-layer model never stops within 8 tokens: every answer is caught by a filter
     assert all(r.status == "dropped" and r.reason in ("truncated", "empty", "repeated_ngram") for r in recs)
     assert all(r.generation["new_tokens"] <= 8 for r in recs)
+
+
+def test_cached_generate_reuses_answers_and_survives_a_torn_line(tmp_path):
+    from distilltune.distill.sequence import cached_generate
+
+    calls = []
+
+    def make():
+        def gen(convs):
+            calls.append(len(convs))
+            return [_gen(f"answer to {c[-1]['content']}") for c in convs]
+
+        return gen
+
+    path = tmp_path / "answers.jsonl"
+    convs = [[{"role": "user", "content": f"q{i}"}] for i in range(3)]
+    first = cached_generate(make, path)(convs)
+    assert calls == [3] and first[1].text == "answer to q1"
+    with open(path, "a") as f:
+        f.write('{"key": "torn')  # a kill mid-write
+    second = cached_generate(lambda: pytest.fail("teacher must not load"), path)(convs)
+    assert [g.text for g in second] == [g.text for g in first]
+    third = cached_generate(make, path)([*convs, [{"role": "user", "content": "new"}]])
+    assert calls == [3, 1] and third[-1].text == "answer to new"
+    fourth = cached_generate(lambda: pytest.fail("teacher must not load"), path)([[{"role": "user", "content": "new"}]])
+    assert fourth[0].text == "answer to new"

@@ -277,3 +277,26 @@ def test_chunked_head_scales_with_upstream_gradient_and_handles_empty():
     z = chunked_head_loss(empty, weight, None, fn, 2)
     assert float(z) == 0.0
     z.backward()
+
+
+def test_chunked_logits_matches_plain_autograd():
+    from distilltune.distill.losses import chunked_logits_loss
+
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(9, 20, generator=g, requires_grad=True)
+    teacher = torch.randn(9, 20, generator=g)
+
+    def fn(lg, s, e):
+        v = kd_loss(lg, teacher[s:e], loss="tvd", reduction="sum") + kd_loss(lg, teacher[s:e], reduction="sum")
+        return v, {"n": torch.tensor(float(e - s))}
+
+    stats: dict = {}
+    out = chunked_logits_loss(logits, fn, 4, stats)
+    (2.0 * out).backward()
+    got = logits.grad.clone()
+    logits.grad = None
+    ref, _ = fn(logits, 0, 9)
+    (2.0 * ref).backward()
+    torch.testing.assert_close(out, ref.detach())
+    torch.testing.assert_close(got, logits.grad)
+    assert float(stats["n"]) == 9.0

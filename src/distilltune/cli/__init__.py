@@ -10,7 +10,16 @@ import sys
 
 import typer
 
-from distilltune.cli import evaluate_cmd, finetune_cmd, generate_cmd, serve_cmd, task_cmd
+from distilltune.cli import (
+    distill_cmd,
+    evaluate_cmd,
+    finetune_cmd,
+    generate_cmd,
+    guard_cmd,
+    index_cmd,
+    serve_cmd,
+    task_cmd,
+)
 from distilltune.cli.common import report_user_error
 from distilltune.errors import UserError
 
@@ -27,7 +36,10 @@ task_cmd.register(app)
 generate_cmd.register(app)
 evaluate_cmd.register(app)
 finetune_cmd.register(app)
+distill_cmd.register(app)
 serve_cmd.register(app)
+index_cmd.register(app)
+guard_cmd.register(app)
 
 
 def _quiet_libraries() -> None:

@@ -277,3 +277,41 @@ def chunked_head_loss(
         # No loss positions: a zero that still depends on the parameters (so backward is a no-op).
         return (hidden.sum() * 0.0 + weight.sum() * 0.0).float()
     return _ChunkedHead.apply(hidden, weight, bias, fn, chunk_size, stats)
+
+
+class _ChunkedLogits(torch.autograd.Function):
+    """Σ_chunks fn(logits[s:e]) with dL/dlogits computed chunk by chunk in forward (stores [N, V] once)."""
+
+    @staticmethod
+    def forward(ctx, logits, fn, chunk_size, stats):
+        grad = torch.zeros_like(logits) if ctx.needs_input_grad[0] else None
+        total = logits.new_zeros((), dtype=torch.float32)
+        for s in range(0, logits.shape[0], chunk_size):
+            e = min(s + chunk_size, logits.shape[0])
+            chunk = logits[s:e].detach().requires_grad_(True)
+            with torch.enable_grad():
+                value, extra = fn(chunk, s, e)
+                if grad is not None:
+                    (grad[s:e],) = torch.autograd.grad(value, chunk)
+            total += value.detach().float()
+            for k, v in extra.items():
+                stats[k] = stats.get(k, 0.0) + v.detach().float()
+        ctx.save_for_backward(*(() if grad is None else (grad,)))
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_out, None, None, None
+
+
+def chunked_logits_loss(
+    logits: torch.Tensor, fn: ChunkFn, chunk_size: int = 1024, stats: dict[str, torch.Tensor] | None = None
+) -> torch.Tensor:
+    """Like ``chunked_head_loss`` for logits that already exist ([N, V]): the loss's intermediates
+    (softmaxes, the teacher's chunk) live one chunk at a time; only dL/dlogits is kept."""
+    if stats is None:
+        stats = {}
+    if logits.shape[0] == 0:
+        return logits.sum().float() * 0.0
+    return _ChunkedLogits.apply(logits, fn, chunk_size, stats)

@@ -217,8 +217,14 @@ def generate_records(
     system_prompt: str,
     teacher_ref: str,
     settings: SequenceSettings,
+    render: Callable[[list[dict]], list[dict]] | None = None,
 ) -> list[SeqRecord]:
-    """Guard the prompts, let the teacher answer the allowed ones, filter, dedupe (see module doc)."""
+    """Guard the prompts, let the teacher answer the allowed ones, filter, dedupe (see module doc).
+
+    ``render`` turns prompt turns into the chat the teacher sees (default: the system prompt first;
+    with retrieval, the server's prompt assembly).
+    """
+    render = render or (lambda msgs: with_system(system_prompt, msgs))
     ids = [it.id for it in items]
     dup_ids = {i for i in ids if ids.count(i) > 1}
     if dup_ids:
@@ -254,7 +260,7 @@ def generate_records(
             msgs[last] = {"role": "user", "content": verdict.redacted_text}
         rec = SeqRecord(messages=msgs, status="kept", reason=None, origin="teacher", **base)
         records.append(rec)
-        to_generate.append((rec, with_system(system_prompt, msgs)))
+        to_generate.append((rec, render(msgs)))
     for s in range(0, len(to_generate), settings.batch_size):
         chunk = to_generate[s : s + settings.batch_size]
         gens = generate([conv for _, conv in chunk])
@@ -396,3 +402,35 @@ def generation_key(
     for it in items:
         h.update(json.dumps([it.id, it.messages]).encode())
     return h.hexdigest()[:24]
+
+
+def cached_generate(make_generate: Callable[[], Generate], path: str | Path) -> Generate:
+    """Wrap the teacher's generation with an append-only answer cache (one JSON line per prompt).
+
+    Answers already in ``path`` (same rendered conversation) are reused; the teacher is created by
+    ``make_generate`` only when something is missing. A torn last line (a kill mid-write) is ignored,
+    so an interrupted generation resumes where it stopped.
+    """
+    from distilltune.io import append_jsonl, read_jsonl
+    from distilltune.models.generate import Generation
+
+    path = Path(path)
+    known = {row["key"]: row["generation"] for row in read_jsonl(path) if "key" in row}
+    if path.is_file() and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
+        with open(path, "a", encoding="utf-8") as f:  # end a torn line so the next append stands alone
+            f.write("\n")
+    real: list[Generate] = []
+
+    def generate(convs: list[list[dict]]) -> list:
+        keys = [hashlib.sha256(json.dumps(c, ensure_ascii=False).encode()).hexdigest() for c in convs]
+        missing = [i for i, k in enumerate(keys) if k not in known]
+        if missing:
+            if not real:
+                real.append(make_generate())
+            fresh = real[0]([convs[i] for i in missing])
+            for i, g in zip(missing, fresh, strict=True):
+                known[keys[i]] = asdict(g)
+                append_jsonl(path, {"key": keys[i], "generation": asdict(g)})
+        return [Generation(**known[k]) for k in keys]
+
+    return generate

@@ -1,0 +1,108 @@
+"""``distilltune distill`` (train a student from a teacher) and ``distilltune run PIPELINE.yaml`` (blends).
+
+CLI-only concerns live here: the tuned-allocator re-exec and thread setup (see ``distilltune.runtime``),
+progress output and the exit message. The work is ``distilltune.distill.distill.run_distill`` and
+``distilltune.distill.pipeline.run_pipeline``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from distilltune.cli.common import CONFIG_OPT, OVERRIDES_ARG, PRINT_CONFIG_OPT, build_config, out
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("distill")
+    def distill(
+        task: Path = typer.Option(None, "--task", help="Task directory (task.yaml, train.jsonl, ...)."),
+        teacher: str = typer.Option(
+            None,
+            "--teacher",
+            help="Teacher: built-in name, HF dir, run dir (e.g. a fine-tuned teacher), .gguf.",
+        ),
+        student: str = typer.Option(
+            None,
+            "--student",
+            help="Student: a spec like teacher:n_layers=6 / teacher:layers=0,1,2,27,28,29, or a model with the same tokenizer.",
+        ),
+        output: Path = typer.Option(None, "--output", "-o", help="Run directory to write."),
+        loss: str = typer.Option(None, "--loss", help="fkl | rkl | jsd | skl | srkl | tvd (default fkl)."),
+        mode: str = typer.Option(
+            None, "--mode", help="cached | online | sequence | on-policy (default cached)."
+        ),
+        resume: bool = typer.Option(
+            False, "--resume", help="Continue an interrupted run from its last checkpoint."
+        ),
+        quiet: bool = typer.Option(
+            False, "--quiet", "-q", help="One line per log step instead of a progress bar."
+        ),
+        config: Path = CONFIG_OPT,
+        print_config: bool = PRINT_CONFIG_OPT,
+        overrides: list[str] = OVERRIDES_ARG,
+    ) -> None:
+        """Distill a teacher into a smaller student (logit KD, sequence-level or on-policy)."""
+        from distilltune.distill.config import DistillConfig
+
+        cfg = build_config(
+            DistillConfig,
+            config,
+            {
+                "task": str(task) if task else None,
+                "teacher": teacher,
+                "student": student,
+                "output": str(output) if output else None,
+                "loss": loss,
+                "mode": mode,
+            },
+            overrides,
+            print_config,
+        )
+        from distilltune.runtime import ensure_fast_allocator, set_threads
+
+        ensure_fast_allocator(quiet=quiet)
+        threads = set_threads()
+        from distilltune.distill.distill import run_distill
+        from distilltune.train.progress import make_reporter
+
+        reporter = make_reporter(quiet)
+        reporter.message(f"{threads} threads")
+        run_dir = run_distill(cfg, resume=resume, reporter=reporter)
+        out.print(str(run_dir), markup=False)
+
+    @app.command("run")
+    def run(
+        pipeline: Path = typer.Argument(
+            ..., help="Pipeline YAML: steps (finetune / distill) with named outputs."
+        ),
+        quiet: bool = typer.Option(
+            False, "--quiet", "-q", help="One line per log step instead of a progress bar."
+        ),
+        dry_run: bool = typer.Option(
+            False, "--dry-run", help="Validate and print the resolved steps; train nothing."
+        ),
+        overrides: list[str] = OVERRIDES_ARG,
+    ) -> None:
+        """Run a blend pipeline (e.g. fine-tune the teacher, then distill the student from it).
+
+        Steps whose outputs are complete are skipped; an interrupted step is resumed.
+        """
+        from distilltune.distill.pipeline import load_pipeline
+
+        pipe = load_pipeline(pipeline, overrides or [])
+        if dry_run:
+            for step in pipe.steps:
+                out.print(f"{step.name}: {step.kind} -> {step.output}", markup=False)
+            return
+        from distilltune.runtime import ensure_fast_allocator, set_threads
+
+        ensure_fast_allocator(quiet=quiet)
+        set_threads()
+        from distilltune.distill.pipeline import run_pipeline
+        from distilltune.train.progress import make_reporter
+
+        outputs = run_pipeline(pipe, reporter=make_reporter(quiet))
+        for name, path in outputs.items():
+            out.print(f"{name}\t{path}", markup=False)

@@ -1,0 +1,184 @@
+"""Distillation objectives for the shared training loop: ``objective(model, batch, step) -> (loss, metrics)``.
+
+- ``CachedKD``  — the teacher's top-k + tail bucket from the memory-mapped cache (no teacher in memory);
+- ``OnlineKD``  — the live teacher (eval mode, no grad), full-vocabulary loss, optional hidden-state term;
+- ``OnPolicyKD`` (``distill.onpolicy``) wraps one of them and replaces a share of the batches by
+  student-written answers that the live teacher scores.
+
+All of them project the student's hidden states to the vocabulary only at the answer positions and
+chunk by chunk (``losses.chunked_head_loss``), so neither model's full-vocabulary logits ever exist for
+the whole batch. The loss is ``alpha·CE + (1 - alpha)·T²·D`` averaged over the batch's answer tokens
+(the loop weights micro-batches by that count); metrics ``kd`` and ``ce`` are logged separately.
+
+Under DDP the student must run through the prepared wrapper's ``forward`` (gradient sync hooks), so
+there the objective takes the wrapper's answer logits and chunks only the loss (``chunked_logits_loss``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from distilltune.distill.forward import AnswerStates, answer_states, loss_mask, unwrap
+from distilltune.distill.losses import (
+    chunked_head_loss,
+    chunked_logits_loss,
+    kd_loss,
+    mix_with_ce,
+    topk_kd_loss,
+)
+from distilltune.errors import UserError
+
+TeacherTerm = Callable[[torch.Tensor, int, int], torch.Tensor]  # (student logits chunk, start, end) → KD sum
+
+
+@dataclass(frozen=True)
+class KDParams:
+    loss: str = "fkl"
+    temperature: float = 1.0
+    beta: float = 0.5
+    skew: float = 0.1
+    alpha: float = 0.5
+    chunk_size: int = 512
+
+
+def student_states(net: nn.Module, batch: dict, output_hidden_states: bool = False) -> AnswerStates:
+    """The student's answer-position states; through the DDP wrapper's forward when distributed."""
+    if hasattr(net, "module"):  # DistributedDataParallel: keep its forward hooks
+        if output_hidden_states:
+            raise UserError("hidden-state distillation is not supported with several processes yet")
+        logits, targets = net(batch["input_ids"], batch["attention_mask"], batch["labels"])
+        return AnswerStates(targets, logits=logits)
+    return answer_states(
+        unwrap(net), batch["input_ids"], batch["attention_mask"], batch["labels"], output_hidden_states
+    )
+
+
+def kd_step(st: AnswerStates, teacher_term: TeacherTerm, p: KDParams, alpha: float | None = None):
+    """(loss averaged over answer tokens, metrics) for one batch, chunked over positions."""
+    a = p.alpha if alpha is None else alpha
+    targets = st.targets
+
+    def fn(logits: torch.Tensor, s: int, e: int):
+        kd = teacher_term(logits, s, e)
+        if a > 0:
+            ce = F.cross_entropy(logits.float(), targets[s:e], reduction="sum")
+        else:
+            with torch.no_grad():
+                ce = F.cross_entropy(logits.float(), targets[s:e], reduction="sum")
+        return mix_with_ce(kd, ce, a), {"kd": kd, "ce": ce}
+
+    stats: dict[str, torch.Tensor] = {}
+    if st.hidden is not None:
+        total = chunked_head_loss(st.hidden, st.weight, st.bias, fn, p.chunk_size, stats)
+    else:
+        total = chunked_logits_loss(st.logits, fn, p.chunk_size, stats)
+    n = max(st.n, 1)
+    metrics = {k: float(v) / n for k, v in stats.items()}
+    metrics["answer_tokens"] = float(st.n)
+    return total / n, metrics
+
+
+class CachedKD:
+    """KD against the cached teacher top-k (+ tail bucket); the teacher is never loaded."""
+
+    def __init__(self, cache, params: KDParams):
+        self.cache = cache
+        self.p = params
+
+    def targets_for(self, batch: dict):
+        tgt = self.cache.get(batch["index"].tolist())
+        expected = loss_mask(batch["labels"]).sum(1).tolist()
+        if tgt.counts != expected:
+            raise UserError(
+                f"teacher cache {self.cache.path} does not match this batch's answers "
+                f"(cached {tgt.counts}, batch {expected}); the cache was built for other data"
+            )
+        return tgt
+
+    def __call__(self, net: nn.Module, batch: dict, step: int):
+        st = student_states(net, batch)
+        tgt = self.targets_for(batch)
+        dev = st.targets.device
+        logp, ids, tail = tgt.logp.to(dev), tgt.ids.to(dev), tgt.tail.to(dev)
+        p = self.p
+
+        def term(logits, s, e):
+            return topk_kd_loss(
+                logits,
+                logp[s:e],
+                ids[s:e],
+                tail[s:e],
+                loss=p.loss,
+                temperature=p.temperature,
+                beta=p.beta,
+                skew=p.skew,
+                reduction="sum",
+            )
+
+        return kd_step(st, term, p)
+
+
+@dataclass
+class HiddenTerm:
+    weight: float
+    kind: str
+    pairs: list[tuple[int, int]]
+    projection: nn.Module | None
+
+
+class OnlineKD:
+    """KD against the live teacher's full-vocabulary distribution (teacher frozen, eval mode)."""
+
+    def __init__(self, teacher: nn.Module, params: KDParams, hidden: HiddenTerm | None = None):
+        self.teacher = teacher.eval()
+        for q in self.teacher.parameters():
+            q.requires_grad_(False)
+        self.p = params
+        self.hidden = hidden
+
+    def teacher_states(self, batch: dict) -> AnswerStates:
+        with torch.no_grad():
+            return answer_states(
+                self.teacher,
+                batch["input_ids"],
+                batch["attention_mask"],
+                batch["labels"],
+                output_hidden_states=self.hidden is not None,
+            )
+
+    def loss(self, net: nn.Module, batch: dict, alpha: float | None = None):
+        want_hidden = self.hidden is not None
+        st = student_states(net, batch, output_hidden_states=want_hidden)
+        tst = self.teacher_states(batch)
+        p = self.p
+
+        def term(logits, s, e):
+            with torch.no_grad():
+                t_logits = tst.logits_chunk(s, e)
+            return kd_loss(
+                logits,
+                t_logits,
+                loss=p.loss,
+                temperature=p.temperature,
+                beta=p.beta,
+                skew=p.skew,
+                reduction="sum",
+            )
+
+        loss, metrics = kd_step(st, term, p, alpha)
+        if want_hidden:
+            from distilltune.distill.hidden import hidden_loss
+
+            h = self.hidden
+            hl = hidden_loss(st.layers, tst.layers, h.pairs, batch["attention_mask"], h.kind, h.projection)
+            loss = loss + h.weight * hl
+            metrics["hidden"] = float(hl.detach())
+        return loss, metrics
+
+    def __call__(self, net: nn.Module, batch: dict, step: int):
+        return self.loss(net, batch)

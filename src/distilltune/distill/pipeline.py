@@ -1,0 +1,210 @@
+"""Blend pipelines: a YAML list of fine-tune / distill steps whose named outputs feed later steps.
+
+```yaml
+name: finetune-then-distill
+output: runs/finetune-then-distill      # default runs/<name>; step outputs go to <output>/<step name>
+vars: {task: examples/acme-support}     # ${task} anywhere below
+steps:
+  - name: teacher
+    finetune: {task: "${task}", model: smollm2-135m-instruct, method: lora}
+  - name: student
+    distill: {task: "${task}", teacher: "${teacher}", student: "teacher:n_layers=6"}
+```
+
+``${name}`` is a variable from ``vars`` or the output directory of an *earlier* step. Each step's
+body is exactly the config of ``distilltune finetune`` / ``distilltune distill`` (validated by the
+same typed models, every problem of every step reported at once, before anything runs). Relative
+paths are relative to the working directory, as on the command line.
+
+``run_pipeline`` runs the steps in order: a step whose output is complete is skipped, one that was
+interrupted (its run dir has a config or checkpoints) is resumed, the rest start fresh.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from distilltune.config import deep_set, parse_override, read_yaml, validation_problems
+from distilltune.errors import Problem, UserError
+
+_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_\-]*)\}")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+KINDS = ("finetune", "distill")
+
+
+@dataclass
+class Step:
+    name: str
+    kind: str  # "finetune" | "distill"
+    config: BaseModel  # FinetuneConfig | DistillConfig
+    output: Path
+
+
+@dataclass
+class Pipeline:
+    name: str
+    output: Path
+    steps: list[Step]
+    source: str
+
+
+def _config_class(kind: str) -> type[BaseModel]:
+    if kind == "finetune":
+        from distilltune.train.config import FinetuneConfig
+
+        return FinetuneConfig
+    from distilltune.distill.config import DistillConfig
+
+    return DistillConfig
+
+
+def _substitute(value: Any, env: dict[str, str], where: str, problems: list[Problem], source: str) -> Any:
+    if isinstance(value, str):
+
+        def repl(m: re.Match) -> str:
+            if m[1] not in env:
+                problems.append(
+                    Problem(
+                        source,
+                        f"${{{m[1]}}} is neither a variable nor the output of an earlier step",
+                        field=where,
+                    )
+                )
+                return m[0]
+            return env[m[1]]
+
+        return _REF.sub(repl, value)
+    if isinstance(value, dict):
+        return {k: _substitute(v, env, f"{where}.{k}", problems, source) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, env, f"{where}.{i}", problems, source) for i, v in enumerate(value)]
+    return value
+
+
+def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipeline:
+    """Parse, substitute and validate a pipeline file (see module docstring)."""
+    src = str(path)
+    data = read_yaml(path, "pipeline")
+    problems: list[Problem] = []
+    for text in overrides or []:  # vars.task=DIR or STEP.train.max_steps=5
+        try:
+            keys, value = parse_override(text)
+        except ValueError as e:
+            problems.append(Problem("<command line>", str(e)))
+            continue
+        if keys[0] == "vars":
+            deep_set(data.setdefault("vars", {}), keys[1:], value)
+            continue
+        step = next(
+            (s for s in data.get("steps") or [] if isinstance(s, dict) and s.get("name") == keys[0]), None
+        )
+        kind = next((k for k in KINDS if step is not None and isinstance(step.get(k), dict)), None)
+        if kind is None:
+            problems.append(Problem("<command line>", f"override {text!r}: no step named {keys[0]!r}"))
+            continue
+        deep_set(step[kind], keys[1:], value)
+    unknown = set(data) - {"name", "output", "vars", "steps", "description"}
+    for k in sorted(unknown):
+        problems.append(
+            Problem(src, "unknown key (expected name, description, output, vars, steps)", field=k)
+        )
+    name = data.get("name") or Path(path).stem
+    output = Path(str(data.get("output") or f"runs/{name}"))
+    env = {str(k): str(v) for k, v in (data.get("vars") or {}).items()}
+    raw_steps = data.get("steps")
+    if not isinstance(raw_steps, list) or not raw_steps:
+        problems.append(Problem(src, "expected a non-empty list of steps", field="steps"))
+        raw_steps = []
+    steps: list[Step] = []
+    for i, raw in enumerate(raw_steps):
+        where = f"steps.{i}"
+        if not isinstance(raw, dict):
+            problems.append(
+                Problem(src, "a step is a mapping with name and finetune: or distill:", field=where)
+            )
+            continue
+        sname = raw.get("name")
+        if not isinstance(sname, str) or not _NAME.match(sname):
+            problems.append(Problem(src, "step name must be letters, digits, _ or -", field=f"{where}.name"))
+            continue
+        if sname in env:
+            problems.append(Problem(src, f"step name {sname!r} is already used", field=f"{where}.name"))
+            continue
+        kinds = [k for k in KINDS if k in raw]
+        extra = set(raw) - {"name", *KINDS}
+        if len(kinds) != 1 or extra:
+            problems.append(
+                Problem(src, "a step has a name and exactly one of finetune: or distill:", field=where)
+            )
+            continue
+        kind = kinds[0]
+        body = raw[kind]
+        if not isinstance(body, dict):
+            problems.append(
+                Problem(src, "expected a mapping (the command's config)", field=f"{where}.{kind}")
+            )
+            continue
+        body = _substitute(body, env, f"{where}.{kind}", problems, src)
+        body.setdefault("output", str(output / sname))
+        try:
+            cfg = _config_class(kind).model_validate(body)
+        except ValidationError as e:
+            for p in validation_problems(e, src):
+                problems.append(
+                    Problem(p.file, p.message, field=f"{where}.{kind}.{p.field}" if p.field else where)
+                )
+            env[sname] = str(body["output"])
+            continue
+        env[sname] = cfg.output
+        steps.append(Step(sname, kind, cfg, Path(cfg.output)))
+    outs = [s.output.resolve() for s in steps]
+    for o in {o for o in outs if outs.count(o) > 1}:
+        problems.append(Problem(src, f"two steps write to the same output {o}", field="steps"))
+    if problems:
+        raise UserError(f"{src}: invalid pipeline", problems)
+    return Pipeline(name, output, steps, src)
+
+
+def step_state(step: Step) -> str:
+    """ "complete" | "interrupted" | "new"."""
+    from distilltune.train.artifacts import is_complete
+    from distilltune.train.checkpoint import list_checkpoints
+
+    if is_complete(step.output):
+        return "complete"
+    if (step.output / "config.yaml").exists() or list_checkpoints(step.output):
+        return "interrupted"
+    return "new"
+
+
+def run_pipeline(pipe: Pipeline, reporter=None) -> dict[str, Path]:
+    """Run every step in order (skip complete, resume interrupted); returns step name → run dir."""
+    from distilltune.train.progress import LineReporter
+
+    reporter = reporter or LineReporter()
+    done: dict[str, Path] = {}
+    for i, step in enumerate(pipe.steps, start=1):
+        state = step_state(step)
+        head = f"[{pipe.name} {i}/{len(pipe.steps)}] {step.name} ({step.kind})"
+        if state == "complete":
+            reporter.message(f"{head}: complete in {step.output}, skipped")
+            done[step.name] = step.output
+            continue
+        reporter.message(f"{head}: {'resuming' if state == 'interrupted' else 'starting'} -> {step.output}")
+        if step.kind == "finetune":
+            from distilltune.train.finetune import run_finetune
+
+            done[step.name] = run_finetune(step.config, resume=state == "interrupted", reporter=reporter)
+        else:
+            from distilltune.distill.distill import run_distill
+
+            done[step.name] = run_distill(step.config, resume=state == "interrupted", reporter=reporter)
+            if step.config.mode == "sequence" and step.config.sequence.generate_only:
+                reporter.message(f"{head}: sequence.generate_only is set; stopping the pipeline for review")
+                break
+    return done
