@@ -161,6 +161,31 @@ def load_teacher(cfg: DistillConfig, device):
     return model, loaded.tokenizer
 
 
+def load_student(cfg: DistillConfig):
+    """The student, trainable. ``teacher:...`` specs over an adapter teacher (a LoRA fine-tuned teacher
+    from a blend) prune the teacher *with its adapter merged*, which ``load_model`` cannot do itself."""
+    from distilltune.models import Loaded, load_model
+    from distilltune.models.resolve import STUDENT_RE, resolve_path
+    from distilltune.models.student import _decoder_layers, default_layers, parse_layers, prune_layers
+
+    m = STUDENT_RE.match(cfg.student)
+    if m and m["base"] == "teacher" and resolve_path(cfg.teacher)[0] == "adapter":
+        teacher, tok = load_teacher(cfg, "cpu")
+        n_total = len(_decoder_layers(teacher))
+        layers = (
+            parse_layers(m["value"], n_total)
+            if m["key"] == "layers"
+            else default_layers(n_total, int(m["value"]))
+        )
+        student = prune_layers(teacher, layers)
+        del teacher
+        for p in student.parameters():
+            p.requires_grad_(True)
+        student.train(True)
+        return Loaded(student, tok, cfg.student, cfg.teacher, "student")
+    return load_model(cfg.student, teacher=cfg.teacher, trainable=True)
+
+
 def _render(system_prompt: str, prompter):
     from distilltune.data.chat import with_system
 
@@ -250,7 +275,6 @@ def run_distill(cfg: DistillConfig, resume: bool = False, reporter: Reporter | N
     """Distill ``cfg.teacher`` into ``cfg.student`` on ``cfg.task``; returns the run directory."""
     from distilltune.distill.card import distill_card
     from distilltune.distill.objectives import CachedKD, KDParams, OnlineKD
-    from distilltune.models import load_model
     from distilltune.models.generate import stop_token_ids
     from distilltune.train.artifacts import (
         base_reference,
@@ -328,7 +352,7 @@ def run_distill(cfg: DistillConfig, resume: bool = False, reporter: Reporter | N
 
     # --- the student -------------------------------------------------------------------------------
     torch.manual_seed(cfg.train.seed)
-    loaded = load_model(cfg.student, teacher=cfg.teacher, trainable=True)
+    loaded = load_student(cfg)
     base_path = base_reference(cfg.student, loaded.kind, loaded.source)
     if cfg.method != "full" and (base_path is None or loaded.kind == "adapter"):
         base = merge_if_adapter(loaded.model)
