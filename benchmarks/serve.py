@@ -1,0 +1,293 @@
+"""Serving throughput: requests/s and p50/p95 latency at concurrency 1, 4 and 8 vs sequential generate calls.
+
+Baseline ("naive"): what a server without a request queue does — one ``generate_chat`` call per
+request, one request at a time, in-process (no HTTP, no guard, no retrieval: that overhead is
+counted against the server only). Its prompts are built exactly as the server builds them (input
+guard redaction, retrieval and prompt assembly, chat template), so both sides decode the same tokens.
+
+Server: ``distilltune serve`` in a subprocess on 127.0.0.1 (the real CLI: guard, retrieval, request
+log, metrics, continuous batching), driven by K closed-loop clients (the official openai client, one
+thread each) for K in 1, 4, 8. Greedy decoding with the same ``max_tokens`` on both sides; the
+untrained depth-pruned student rarely emits its end token, so most answers are exactly that long
+(tokens are counted and reported). At concurrency 1 the server's answers are compared with the
+baseline's (same greedy tokens expected).
+
+Model: ``--model`` (default ``smollm2-135m-instruct:n_layers=6``, the bundled teacher pruned to 6 layers:
+the same architecture and size as the distilled student, and decode speed does not depend on training;
+pass a distilled run dir to measure that instead). No ``--fallback``: this measures the student path.
+
+Target (issue #7): at concurrency 8, ≥ 3× the sequential throughput.
+
+    python benchmarks/serve.py            # full run, writes results/serve.json
+    python benchmarks/serve.py --quick    # a few requests per level (checks the harness works)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from common import peak_rss_mb, write_result
+
+REPO = Path(__file__).resolve().parent.parent
+TASK = REPO / "examples" / "acme-support"
+DEFAULT_MODEL = "smollm2-135m-instruct:n_layers=6"
+
+
+def questions(n: int) -> list[str]:
+    from distilltune.task import load_task
+
+    task = load_task(TASK)
+    qs = [c.question for c in task.eval + task.train if not task.is_refusal(c) and c.question]
+    if len(qs) < n:
+        qs = (qs * (n // len(qs) + 1))[:n]
+    return qs[:n]
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
+
+
+def baseline(model_ref: str, qs: list[str], max_tokens: int) -> dict:
+    """Sequential generate_chat calls, one request at a time, on prompts built as the server builds them."""
+    from distilltune.models import load_model
+    from distilltune.models.generate import generate_chat
+    from distilltune.policy import Guard
+    from distilltune.retrieval import GroundedPrompter, KnowledgeIndex, RetrievalConfig
+    from distilltune.runtime import set_threads
+    from distilltune.task import load_task
+
+    threads = set_threads()
+    task = load_task(TASK)
+    loaded = load_model(model_ref)
+    guard = Guard.for_task(task)
+    cfg = RetrievalConfig()
+    prompter = GroundedPrompter.from_config(
+        task.system_prompt, loaded.tokenizer, KnowledgeIndex.open(task, cfg), cfg, max_prompt_tokens=2048
+    )
+    convs = []
+    for q in qs:
+        red = guard.check_input(q).redacted_text
+        convs.append(prompter.messages([{"role": "user", "content": red}])[0])
+    generate_chat(
+        loaded.model, loaded.tokenizer, convs[:1], max_new_tokens=max_tokens, batch_size=1
+    )  # warm-up
+    lat, texts, tokens = [], [], 0
+    t0 = time.perf_counter()
+    for conv in convs:
+        s = time.perf_counter()
+        g = generate_chat(loaded.model, loaded.tokenizer, [conv], max_new_tokens=max_tokens, batch_size=1)[0]
+        lat.append(time.perf_counter() - s)
+        texts.append(g.text)
+        tokens += g.new_tokens
+    wall = time.perf_counter() - t0
+    return {
+        "requests": len(convs),
+        "wall_s": wall,
+        "requests_per_s": len(convs) / wall,
+        "p50_ms": pct(lat, 0.5) * 1000,
+        "p95_ms": pct(lat, 0.95) * 1000,
+        "completion_tokens": tokens,
+        "tokens_per_s": tokens / wall,
+        "threads": threads,
+        "peak_rss_mb": peak_rss_mb(),
+        "texts": texts,
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(
+    model_ref: str, port: int, log_db: Path, max_batch: int, max_tokens: int
+) -> subprocess.Popen:
+    env = {**os.environ, "DISTILLTUNE_NO_REEXEC": "1", "DISTILLTUNE_BENCH_KEY": "bench-key"}
+    cmd = [
+        sys.executable, "-m", "distilltune", "serve", model_ref, "--task", str(TASK),
+        "--port", str(port), "--log-db", str(log_db), "--api-key-env", "DISTILLTUNE_BENCH_KEY",
+        f"batching.max_batch={max_batch}", f"limits.max_tokens={max(512, max_tokens)}",
+        "limits.max_queue=256", "limits.timeout_s=600",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    import httpx
+
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited ({proc.returncode}):\n{proc.stderr.read()[-3000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise SystemExit("server did not become healthy in 600 s")
+
+
+def load(port: int, model_id: str, qs: list[str], max_tokens: int, concurrency: int) -> dict:
+    """K closed-loop clients share the request list; each records its requests' latencies."""
+    import openai
+
+    client = openai.OpenAI(
+        base_url=f"http://127.0.0.1:{port}/v1", api_key="bench-key", max_retries=0, timeout=900
+    )
+    todo = list(enumerate(qs))
+    lock = threading.Lock()
+    lat: list[float] = []
+    texts: dict[int, str] = {}
+    batches: list[int] = []
+    tokens = [0]
+    errors: list[str] = []
+
+    def worker() -> None:
+        while True:
+            with lock:
+                if not todo:
+                    return
+                i, q = todo.pop(0)
+            s = time.perf_counter()
+            try:
+                r = client.chat.completions.create(
+                    model=model_id,
+                    messages=[{"role": "user", "content": q}],
+                    max_tokens=max_tokens,
+                    temperature=0,
+                )
+            except openai.APIError as e:
+                with lock:
+                    errors.append(repr(e)[:200])
+                continue
+            dt = time.perf_counter() - s
+            with lock:
+                lat.append(dt)
+                texts[i] = r.choices[0].message.content
+                tokens[0] += r.usage.completion_tokens
+                timing = (r.model_extra or {}).get("distilltune", {}).get("timing")
+                if timing:
+                    batches.append(timing["batch"])
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    n = len(lat)
+    return {
+        "concurrency": concurrency,
+        "requests": n,
+        "errors": errors,
+        "wall_s": wall,
+        "requests_per_s": n / wall if wall else None,
+        "p50_ms": pct(lat, 0.5) * 1000 if lat else None,
+        "p95_ms": pct(lat, 0.95) * 1000 if lat else None,
+        "completion_tokens": tokens[0],
+        "tokens_per_s": tokens[0] / wall if wall else None,
+        "mean_batch": statistics.mean(batches) if batches else None,
+        "max_batch": max(batches) if batches else None,
+        "texts": [texts.get(i) for i in range(len(qs))],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default=DEFAULT_MODEL)
+    ap.add_argument("--quick", action="store_true", help="8 requests of 16 tokens per level")
+    ap.add_argument("--requests", type=int, default=None, help="requests per level (default 48; quick 8)")
+    ap.add_argument("--max-tokens", type=int, default=None, help="tokens per answer (default 64; quick 16)")
+    ap.add_argument("--levels", default="1,4,8")
+    ap.add_argument("--max-batch", type=int, default=8)
+    ap.add_argument(
+        "--output-name", default=None, help="results/<name>.json (default serve, quick: serve-quick)"
+    )
+    args = ap.parse_args()
+    n = args.requests or (8 if args.quick else 48)
+    max_tokens = args.max_tokens or (16 if args.quick else 64)
+    levels = [int(x) for x in args.levels.split(",")]
+    qs = questions(n)
+
+    print(
+        f"baseline: {n} sequential generate calls, {max_tokens} tokens each, model {args.model}", flush=True
+    )
+    base = baseline(args.model, qs, max_tokens)
+    print(
+        f"  {base['requests_per_s']:.3f} req/s, p50 {base['p50_ms']:.0f} ms, p95 {base['p95_ms']:.0f} ms, "
+        f"{base['tokens_per_s']:.1f} tok/s",
+        flush=True,
+    )
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        server = start_server(args.model, port, Path(tmp) / "requests.db", args.max_batch, max_tokens)
+        try:
+            import openai
+
+            client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="bench-key", max_retries=0)
+            model_id = client.models.list().data[0].id
+            load(port, model_id, qs[:2], max_tokens, 2)  # warm-up: first-call allocations, index cache
+            results = []
+            for k in levels:
+                r = load(port, model_id, qs, max_tokens, k)
+                r["speedup_vs_sequential"] = (
+                    r["requests_per_s"] / base["requests_per_s"] if r["requests_per_s"] else None
+                )
+                print(
+                    f"concurrency {k}: {r['requests_per_s']:.3f} req/s ({r['speedup_vs_sequential']:.2f}x), "
+                    f"p50 {r['p50_ms']:.0f} ms, p95 {r['p95_ms']:.0f} ms, mean batch {r['mean_batch']}, "
+                    f"errors {len(r['errors'])}",
+                    flush=True,
+                )
+                results.append(r)
+        finally:
+            server.terminate()
+            try:
+                server.wait(30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+    c1 = next((r for r in results if r["concurrency"] == 1), None)
+    same = None
+    if c1 is not None:
+        same = sum(a == b for a, b in zip(c1["texts"], base["texts"], strict=True)) / len(qs)
+    for r in results:
+        r.pop("texts")
+    base.pop("texts")
+    c8 = next((r for r in results if r["concurrency"] == 8), None)
+    speedup8 = c8["speedup_vs_sequential"] if c8 else None
+    data = {
+        "model": args.model,
+        "model_note": (
+            "depth-pruned stand-in for the distilled student (same architecture and size; decode speed does "
+            "not depend on training)"
+            if args.model == DEFAULT_MODEL
+            else "as given"
+        ),
+        "quick": args.quick,
+        "requests_per_level": n,
+        "max_tokens": max_tokens,
+        "max_batch": args.max_batch,
+        "baseline_sequential_generate": base,
+        "server": results,
+        "c1_answers_identical_to_baseline": same,
+        "targets": {"speedup_at_concurrency_8": 3.0},
+        "met": {"speedup_at_concurrency_8": speedup8 is not None and speedup8 >= 3.0},
+    }
+    path = write_result(args.output_name or ("serve-quick" if args.quick else "serve"), data)
+    print(json.dumps({"speedup_at_8": speedup8, "c1_identical": same, "written": str(path)}))
+
+
+if __name__ == "__main__":
+    main()
