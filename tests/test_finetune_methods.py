@@ -90,12 +90,6 @@ def test_prefix_tuning_trains_and_changes_output(prefix_run, tiny_model_dir):
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="models/generate.py passes cache=None to prefix-tuned PEFT models; transformers 5.24 then drops "
-    "PEFT's prefix past_key_values (attention-mask size error). Fix there: omit the cache kwarg when use_cache "
-    "is False. Remove this mark when fixed.",
-)
 def test_generate_chat_uses_the_prefix(prefix_run):
     tuned = load_model(str(prefix_run))
     g = generate_chat(tuned.model, tuned.tokenizer, [PROMPT], max_new_tokens=6)[0]

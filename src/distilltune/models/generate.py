@@ -102,9 +102,10 @@ def generate_ids(
         else:
             inp = seq
             pos = (seq_mask.cumsum(-1) - 1).clamp(min=0)
-        res = model(
-            input_ids=inp, attention_mask=seq_mask, position_ids=pos, use_cache=use_cache, **{cache_kw: past}
-        )
+        # Prefix-tuned PEFT models inject their prefix as the cache: passing any cache kwarg
+        # (even None) makes transformers drop it, so they get no cache argument at all.
+        cache_args = {cache_kw: past, "use_cache": True} if use_cache else {}
+        res = model(input_ids=inp, attention_mask=seq_mask, position_ids=pos, **cache_args)
         logits = res.logits[:, -1, :].float()
         past = getattr(res, cache_kw) if use_cache else None
         logp = torch.log_softmax(logits, dim=-1)
