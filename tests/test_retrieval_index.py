@@ -299,3 +299,11 @@ def test_cli_bad_knowledge_is_a_clean_error(tiny_task):
     assert isinstance(r.exception, UserError) and "no non-empty" in str(r.exception.message) + "".join(
         str(p) for p in r.exception.problems
     )
+
+
+def test_messages_many_matches_one_by_one(built):
+    task_dir, _, index = built
+    task = load_task(task_dir)
+    p = GroundedPrompter(task.system_prompt, None, index=index, k=2, max_context_tokens=384)
+    convs = [c.messages for c in task.eval]
+    assert p.messages_many(convs) == [p.messages(c) for c in convs]

@@ -167,6 +167,19 @@ class GroundedPrompter:
                 msgs = self.assemble(conversation, kept)
         return msgs, list(kept)
 
+    def messages_many(self, conversations: Sequence[Sequence[Any]]) -> list[tuple[list[dict], list]]:
+        """``messages`` for many conversations, embedding all retrieval queries in one batch
+        (preparing a training set this way is several times faster than one call per conversation)."""
+        if self.index is None or self.k < 1 or self.max_context_tokens <= 0:
+            return [self.messages(c, hits=[]) for c in conversations]
+        queries = [self.query(c) for c in conversations]
+        search_many = getattr(self.index, "search_many", None)
+        if search_many is not None:
+            found = search_many(queries, k=self.k, mode=self.mode)
+        else:
+            found = [self.index.search(q, k=self.k, mode=self.mode) for q in queries]
+        return [self.messages(c, hits=h) for c, h in zip(conversations, found, strict=True)]
+
     def retrieve(self, conversation: Sequence[Any]) -> list:
         if self.index is None or self.k < 1 or self.max_context_tokens <= 0:
             return []
