@@ -57,21 +57,32 @@ def save_base_model(model: nn.Module, tokenizer, out_dir: Path) -> Path:
     return out_dir
 
 
-def save_trained(model: nn.Module, tokenizer, method: str, out_dir: Path, base_path: str | None) -> Path:
-    """Write ``model/`` (full) or ``adapter/`` under ``out_dir``; returns the artifact directory."""
+def save_trained(
+    model: nn.Module,
+    tokenizer,
+    method: str,
+    out_dir: Path,
+    base_path: str | None,
+    state_dict: dict | None = None,
+) -> Path:
+    """Write ``model/`` (full) or ``adapter/`` under ``out_dir``; returns the artifact directory.
+
+    ``state_dict``: the full weights when ``model``'s own are sharded (FSDP / DeepSpeed).
+    """
+    extra = {"state_dict": state_dict} if state_dict is not None else {}
     if method == "full":
         target = out_dir / "model"
         with atomic_dir(target) as tmp:
             _prepare_for_saving(model)
-            model.save_pretrained(tmp, safe_serialization=True)
+            model.save_pretrained(tmp, safe_serialization=True, **extra)
             tokenizer.save_pretrained(tmp)
         return target
     target = out_dir / "adapter"
     with atomic_dir(target) as tmp:
         if method == "adapter":
-            save_bottleneck_adapter(model, tmp, base_path or "")
+            save_bottleneck_adapter(model, tmp, base_path or "", state_dict)
         else:
-            model.save_pretrained(tmp, safe_serialization=True)
+            model.save_pretrained(tmp, safe_serialization=True, **extra)
             cfg_path = tmp / "adapter_config.json"
             acfg = json.loads(cfg_path.read_text())
             acfg["base_model_name_or_path"] = base_path

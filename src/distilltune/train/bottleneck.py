@@ -108,13 +108,20 @@ def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
-def save_bottleneck_adapter(model: nn.Module, out_dir: str | Path, base_model_name_or_path: str) -> None:
+def save_bottleneck_adapter(
+    model: nn.Module, out_dir: str | Path, base_model_name_or_path: str, state_dict: dict | None = None
+) -> None:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     settings = getattr(model, "distilltune_bottleneck", None)
     if settings is None:
         raise ValueError("model has no bottleneck adapters")
-    save_file(adapter_state(model), str(out / WEIGHTS_NAME), metadata={"format": "pt"})
+    weights = (
+        adapter_state(model)
+        if state_dict is None
+        else {k: v.detach().cpu().contiguous() for k, v in state_dict.items() if ".adapter." in k}
+    )
+    save_file(weights, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
     cfg = {"peft_type": PEFT_TYPE, "base_model_name_or_path": base_model_name_or_path, **settings}
     (out / CONFIG_NAME).write_text(json.dumps(cfg, indent=2) + "\n")
 

@@ -1,7 +1,7 @@
 """Resumable checkpoints: ``OUT/checkpoints/step-N/``, complete or absent.
 
 A checkpoint holds the trainable weights (safetensors), optimizer and scheduler state, every
-process's RNG states (torch.save, read back with ``weights_only=True``) and ``state.json`` (step,
+process's RNG states (under FSDP / DeepSpeed: Accelerate's sharded ``save_state`` instead) (torch.save, read back with ``weights_only=True``) and ``state.json`` (step,
 data position, best metric so far, early-stopping counter). It is assembled in a hidden staging
 directory and renamed into place as the last act, so a run killed at any instant (SIGKILL included)
 never leaves a directory that looks complete; ``latest_checkpoint`` only sees complete ones.
@@ -45,7 +45,7 @@ def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     found = []
     for p in root.iterdir():
         m = _STEP_RE.match(p.name)
-        if m and p.is_dir() and (p / STATE).is_file() and (p / WEIGHTS).is_file():
+        if m and p.is_dir() and (p / STATE).is_file():
             found.append((int(m[1]), p))
     return sorted(found)
 
@@ -107,8 +107,13 @@ def save_checkpoint(
     scheduler,
     state: dict,
     accelerator,
+    sharded: bool = False,
 ) -> Path:
-    """Write ``checkpoints/step-{step}`` atomically (collective: every process must call it)."""
+    """Write ``checkpoints/step-{step}`` atomically (collective: every process must call it).
+
+    ``sharded`` (FSDP, DeepSpeed): weights, optimizer and RNG go through ``accelerator.save_state``,
+    which writes each process's shard; the directory is still staged and renamed as a whole.
+    """
     root = checkpoint_root(run_dir)
     final = root / f"step-{step}"
     staging = root / f".step-{step}.staging"
@@ -116,11 +121,15 @@ def save_checkpoint(
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    torch.save(capture_rng(), staging / f"rng-{accelerator.process_index}.pt")
+    if sharded:
+        accelerator.save_state(str(staging / "accelerate"), safe_serialization=True)
+    else:
+        torch.save(capture_rng(), staging / f"rng-{accelerator.process_index}.pt")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        save_file(trainable_state(model), str(staging / WEIGHTS))
-        torch.save(optimizer.state_dict(), staging / "optimizer.pt")
+        if not sharded:
+            save_file(trainable_state(model), str(staging / WEIGHTS))
+            torch.save(optimizer.state_dict(), staging / "optimizer.pt")
         torch.save(scheduler.state_dict(), staging / "scheduler.pt")
         atomic_write_json(staging / STATE, {**state, "step": step, "world_size": accelerator.num_processes})
         _fsync_dir(staging)
@@ -135,7 +144,9 @@ def save_checkpoint(
     return final
 
 
-def load_checkpoint(path: Path, model: nn.Module, optimizer, scheduler, accelerator) -> dict:
+def load_checkpoint(
+    path: Path, model: nn.Module, optimizer, scheduler, accelerator, sharded: bool = False
+) -> dict:
     """Restore weights, optimizer, scheduler and this process's RNG; return ``state.json``."""
     state = json.loads((path / STATE).read_text())
     if state.get("world_size", 1) != accelerator.num_processes:
@@ -143,10 +154,13 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer, scheduler, accelera
             f"{path}: written by {state.get('world_size')} processes, resuming with "
             f"{accelerator.num_processes}; resume with the same launch configuration"
         )
-    load_trainable_weights(model, path)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
+    if sharded:
+        accelerator.load_state(str(path / "accelerate"))
+    else:
+        load_trainable_weights(model, path)
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
+        restore_rng(torch.load(path / f"rng-{accelerator.process_index}.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    restore_rng(torch.load(path / f"rng-{accelerator.process_index}.pt", weights_only=True))
     return state
 
 

@@ -260,7 +260,7 @@ def run_finetune(cfg: FinetuneConfig, resume: bool = False, reporter: Reporter |
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "processes": acc.num_processes,
         }
-        artifact = save_trained(result.model, tokenizer, cfg.method, out, base_path)
+        artifact = save_trained(result.model, tokenizer, cfg.method, out, base_path, result.state_dict)
         write_card_and_summary(out, artifact, model_card(cfg, summary, task), summary)
         mark_complete(out)
         reporter.message(f"done: {artifact}")

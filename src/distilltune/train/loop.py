@@ -88,6 +88,7 @@ class LoopResult:
     resumed_from: int | None
     train_seconds: float
     history: list[dict] = field(default_factory=list)
+    state_dict: dict | None = None  # full weights gathered from shards (FSDP / DeepSpeed), main process
 
 
 def make_accelerator(precision: str = "auto"):
@@ -104,7 +105,15 @@ def make_accelerator(precision: str = "auto"):
         mixed = None  # chosen by the accelerate config / launcher
     else:
         mixed = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    return Accelerator(mixed_precision=mixed)
+    # On a machine without a GPU, Accelerate only forms a multi-process (gloo) group when told cpu=True.
+    acc = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != acc.num_processes:
+        raise UserError(
+            f"launched as {launched} processes but Accelerate formed a group of {acc.num_processes}; "
+            "every process would write the same run directory"
+        )
+    return acc
 
 
 def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -211,13 +220,14 @@ def train_loop(
     )
     net, optimizer = acc.prepare(AnswerLogitsModel(model), optimizer)
     raw = unwrap_model(net)
+    sharded = str(acc.distributed_type).rsplit(".", 1)[-1] in ("FSDP", "DEEPSPEED")
 
     state = {"micro_step": 0, "best_step": None, "best_eval": None, "bad_evals": 0, "train_seconds": 0.0}
     step = 0
     resumed_from = None
     ckpt = latest_checkpoint(run_dir) if resume else None
     if ckpt is not None:
-        state = load_checkpoint(ckpt, raw, optimizer, scheduler, acc)
+        state = load_checkpoint(ckpt, raw, optimizer, scheduler, acc, sharded)
         step = resumed_from = state["step"]
         if main:  # forget log rows of the steps we are about to redo
             kept = [r for r in read_jsonl(metrics_path) if r.get("step", 0) <= step]
@@ -337,7 +347,7 @@ def train_loop(
         window_t0 = time.perf_counter()  # evaluation time is not training throughput
 
         if improved or (settings.save_every and step % settings.save_every == 0):
-            save_checkpoint(run_dir, step, raw, optimizer, scheduler, state, acc)
+            save_checkpoint(run_dir, step, raw, optimizer, scheduler, state, acc, sharded)
             if main:
                 prune_checkpoints(run_dir, settings.keep_last, state["best_step"])
             acc.wait_for_everyone()
@@ -355,9 +365,17 @@ def train_loop(
         best_dir = dict(list_checkpoints(run_dir)).get(best_step)
         if best_dir is None:
             raise UserError(f"the best checkpoint (step {best_step}) is missing from {run_dir}/checkpoints")
-        load_trainable_weights(raw, best_dir)
+        if sharded:
+            acc.load_state(str(best_dir / "accelerate"))
+        else:
+            load_trainable_weights(raw, best_dir)
         if main:
             reporter.message(f"loaded the best weights (step {best_step}, {state['best_eval']})")
+    # sharded weights are gathered to the main process for saving (a collective call)
+    state_dict = None
+    if sharded:
+        full = acc.get_state_dict(net)
+        state_dict = {k.removeprefix("model."): v for k, v in full.items()} if main else None
     if tb is not None:
         tb.close()
     if main:
@@ -375,6 +393,7 @@ def train_loop(
         resumed_from=resumed_from,
         train_seconds=state["train_seconds"],
         history=history,
+        state_dict=state_dict,
     )
 
 
