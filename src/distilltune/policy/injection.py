@@ -107,8 +107,9 @@ _PROMPT_OBJECT = (
     r"pre-?)\s*(?:prompt|instructions?|rules|messages?|system\s+messages?)|"
     r"(?:prompt|instructions?)\s+(?:that\s+)?you\s+(?:were|have\s+been|are)\s+(?:given|configured|initiali[sz]ed|"
     r"programmed|told)(?:\s+with)?|instructions?\s+were\s+you\s+given|configured\s+with|"
-    r"(?:text|words|everything|message|content)\s+above|everything\s+in\s+your\s+context(?:\s+window)?|"
-    r"context\s+window|your\s+(?:instructions|prompt)\b(?!\s+(?:for|on|to|about|when)\b))"
+    r"(?:text|words|everything|message|content)\s+above\b(?!\s+(?:the|a|an|my|your|its|this|that|each|every)\b)|"
+    r"everything\s+in\s+(?:your|the)\s+context(?:\s+window)?|(?:your|this)\s+context\s+window|"
+    r"your\s+(?:instructions|prompt)\b(?!\s+(?:for|on|to|about|when)\b))"
 )
 EXTRACTION = (
     re.compile(rf"\b{_DISCLOSE}\b[^.?!\n]{{0,80}}?\b{_PROMPT_OBJECT}", _I),
