@@ -50,7 +50,7 @@ def register(app: typer.Typer) -> None:
         from distilltune.task import load_task
 
         if text == "-":
-            text = sys.stdin.read()
+            text = sys.stdin.read().rstrip("\n")
         if not text.strip():
             raise UserError("the text to check is empty")
         t = load_task(cfg.task)
