@@ -199,7 +199,7 @@ def test_cli_evaluate_end_to_end(tmp_path, tiny_model_dir, tiny_task):
     )
     e = res["efficiency"]
     assert e["params"] > 0 and e["size_bytes"] > 0 and e["load_s"] > 0
-    assert e["peak_rss_mb"] >= e["rss_after_load_mb"] > 50
+    assert e["peak_rss_mb"] >= e["rss_after_load_mb"] > 50 and 0 < e["rss_end_mb"] <= e["peak_rss_mb"]
     assert 0 < e["latency_ms"]["p50"] <= e["latency_ms"]["p95"] <= e["latency_ms"]["max"]
     assert e["prefill_tok_s"] > 0 and e["decode_tok_s"] > 0
     assert e["timed_requests"] == 3 and e["settings"]["batch_size"] == 1

@@ -169,3 +169,17 @@ def test_summarize_timings_pools_prefill_and_decode():
     assert t["decode_tok_s"] == pytest.approx(10 / 0.5)  # the 1-token answer has no decode phase
     assert t["latency_ms"]["p50"] == pytest.approx(500)
     assert t["finished_share"] == 0.5 and t["generated_requests"] == 2
+
+
+def test_peak_rss_of_a_fresh_process_is_its_own():
+    """ru_maxrss would report the parent's peak after fork/vfork + exec; the probe must not."""
+    import subprocess
+    import sys
+
+    big = bytearray(300 * 1024 * 1024)
+    for i in range(0, len(big), 4096):  # touch every page so it is resident
+        big[i] = 1
+    code = "from distilltune.evaluation.efficiency import peak_rss_mb; print(peak_rss_mb())"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert 1 < float(r.stdout) < 150
+    del big

@@ -3,8 +3,8 @@
 Memory and latency are measured in a *fresh subprocess* (``python -m distilltune.evaluation.efficiency
 SPEC_JSON``) that does what a serving process does and nothing else: import, load the model, build
 the guard and the retrieval index, then answer fixed prompts one at a time through
-``answer_requests``. Its ``ru_maxrss`` is therefore the serving process's peak resident memory, not
-polluted by the evaluation process (which may hold a teacher and every answer in memory).
+``answer_requests``. Its peak resident memory (``VmHWM``, see ``peak_rss_mb``) is therefore the
+serving process's, not polluted by the evaluation process (which may hold a teacher and every answer).
 
 Settings are fixed so numbers compare across models: batch size 1, greedy decoding, a fixed
 ``max_new_tokens``, the same prompts (the task's first eval items that expect an answer and that the
@@ -40,6 +40,36 @@ def percentile(values: list[float], q: float) -> float:
     lo = int(pos)
     hi = min(lo + 1, len(xs) - 1)
     return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def _proc_status_mb(key: str) -> float | None:
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return None
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (MiB).
+
+    Linux: ``VmHWM`` of /proc/self/status. Not ``ru_maxrss``: the kernel carries the pre-exec
+    high-water mark across ``exec``, and Python's subprocess uses vfork, so a fresh child would report
+    its *parent's* peak (measured here: a 2.3 GB evaluation process made a 0.5 GB probe read 2.3 GB).
+    Elsewhere ``ru_maxrss`` (kB on Linux/BSD, bytes on macOS) is the best available.
+    """
+    hwm = _proc_status_mb("VmHWM")
+    if hwm is not None:
+        return hwm
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def current_rss_mb() -> float | None:
+    return _proc_status_mb("VmRSS")
 
 
 def summarize_timings(answers: list, latencies_s: list[float]) -> dict:
@@ -129,7 +159,7 @@ def probe(spec: dict) -> dict:
     t0 = time.perf_counter()
     loaded = load_model(spec["model"], teacher=spec.get("teacher"), dtype=spec.get("dtype", "float32"))
     load_s = time.perf_counter() - t0
-    rss_after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_after_load = peak_rss_mb()
     t0 = time.perf_counter()
     retrieval = RetrievalConfig.model_validate(spec.get("retrieval") or {})
     pipe = build_pipeline(
@@ -161,6 +191,8 @@ def probe(spec: dict) -> dict:
         answers.append(one(conv))
         latencies.append(time.perf_counter() - t)
     size, size_kind = serving_size(spec["model"], loaded.model)
+    # Other processes competing for the cores inflate every timing: record how busy the machine was.
+    load_1m = os.getloadavg()[0]
     return {
         "params": model_info(loaded.model).params,
         "size_bytes": size,
@@ -169,7 +201,8 @@ def probe(spec: dict) -> dict:
         "pipeline_s": pipeline_s,
         "rss_after_load_mb": rss_after_load,
         **summarize_timings(answers, latencies),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
+        "rss_end_mb": current_rss_mb(),
         "settings": {
             "batch_size": 1,
             "decoding": "greedy",
@@ -179,6 +212,8 @@ def probe(spec: dict) -> dict:
             "rag": retrieval.enabled,
             "threads": threads,
             "dtype": spec.get("dtype", "float32"),
+            "cpu_count": os.cpu_count(),
+            "loadavg_1m": round(load_1m, 2),
         },
     }
 
