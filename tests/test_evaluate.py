@@ -111,6 +111,10 @@ def test_evaluate_no_rag_with_teacher(tmp_path, tiny_model_dir, tiny_teacher_dir
     out = tmp_path / "ev"
     out.mkdir()
     (out / "config.yaml").write_text("train:\n  lr: 0.001\n")  # a training run's config: must survive
+    # A task without scenarios (optional file): its suite is simply absent from the results.
+    (tiny_task / "scenarios.jsonl").unlink()
+    spec = tiny_task / "task.yaml"
+    spec.write_text(spec.read_text().replace("  scenarios: scenarios.jsonl\n", ""))
     cfg = _cfg(
         tmp_path, tiny_model_dir, tiny_task, retrieval={"enabled": False}, teacher=str(tiny_teacher_dir)
     )
@@ -122,6 +126,7 @@ def test_evaluate_no_rag_with_teacher(tmp_path, tiny_model_dir, tiny_teacher_dir
     assert all("teacher_agreement" in i for i in res["per_item"])
     assert res["groundedness"]["grounded"] is None and res["groundedness"]["retrieval_recall"] is None
     assert res["groundedness"]["rag"] is False
+    assert "scenarios" not in res["behaviour"] and res["behaviour"]["adversarial"]["n"] == 3
     # The refusal item is blocked by the guard (medical_advice): refused, correct, primary 1.
     refusal = res["per_item"][-1]
     assert refusal["id"] == "eval-4" and refusal["expected_refusal"] and refusal["primary"] == 1.0

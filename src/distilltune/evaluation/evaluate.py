@@ -141,7 +141,7 @@ def evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = _stderr) -> dict:
     if dup:
         raise UserError(f"{task.root}: eval item ids must be unique; repeated: {', '.join(dup)}")
     suites = {"scenarios": task.scenarios, "adversarial": task.adversarial} if cfg.behaviour else {}
-    suites = {k: (v[: cfg.limit] if cfg.limit else list(v)) for k, v in suites.items()}
+    suites = {k: (v[: cfg.limit] if cfg.limit else list(v)) for k, v in suites.items() if v}
 
     t0 = time.perf_counter()
     loaded = load_model(cfg.model, teacher=cfg.teacher, dtype=cfg.dtype)
@@ -158,7 +158,6 @@ def evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = _stderr) -> dict:
             loaded, pipe, [[{"role": "user", "content": c.prompt}] for c in cases], cfg, log, name
         )
         for name, cases in suites.items()
-        if cases
     }
     params = model_info(loaded.model).params
     size_bytes, size_kind = efficiency.serving_size(cfg.model, loaded.model)
@@ -180,6 +179,9 @@ def evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = _stderr) -> dict:
     for i, (conv, a) in enumerate(zip(items, answers, strict=True)):
         t_text = teacher_answers[i].text if teacher_answers else None
         q = quality.score_item(a.text, conv.answer, conv.facts, refusal, t_text)
+        # Facts come from the user's data: saved files get them redacted like every other text.
+        q["facts_found"] = [redact(f) for f in q["facts_found"]]
+        q["facts_missing"] = [redact(f) for f in q["facts_missing"]]
         g = grounding.ground_item(a.text, conv.facts, conv.sources, a.hits, task.knowledge, q["refused"], rag)
         ground.append(g)
         row = {"id": ids[i], **q, "route": a.route, "groundedness": g["grounded"]}
@@ -193,9 +195,7 @@ def evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = _stderr) -> dict:
             **({"teacher_answer": t_text} if t_text is not None else {}),
             "facts": [redact(f) for f in conv.facts],
             "sources": conv.sources,
-            **{k: v for k, v in q.items() if k not in ("facts_found", "facts_missing")},
-            "facts_found": [redact(f) for f in q["facts_found"]],
-            "facts_missing": [redact(f) for f in q["facts_missing"]],
+            **q,
             "grounding": g,
             **_guard_fields(a),
         }
@@ -204,7 +204,7 @@ def evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = _stderr) -> dict:
     behaviour_out: dict = {"failures": []}
     for name, cases in suites.items():
         results = []
-        for case, a in zip(cases, case_answers.get(name, []), strict=True):
+        for case, a in zip(cases, case_answers[name], strict=True):
             rec = {
                 "suite": name,
                 "id": case.id,
