@@ -11,6 +11,7 @@ import sys
 import typer
 
 from distilltune.cli import (
+    compare_cmd,
     distill_cmd,
     evaluate_cmd,
     finetune_cmd,
@@ -40,6 +41,7 @@ distill_cmd.register(app)
 serve_cmd.register(app)
 index_cmd.register(app)
 guard_cmd.register(app)
+compare_cmd.register(app)
 
 
 def _quiet_libraries() -> None:

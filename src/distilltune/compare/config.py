@@ -1,0 +1,124 @@
+"""``CompareConfig``: the settings of one strategy comparison, filled from a preset.
+
+Presets set the data and step counts; anything given in a YAML file, as an option or as a dotted
+override wins over the preset. ``quick`` is sized so ``distilltune demo`` finishes in about a
+quarter of an hour on a 2-core CPU while still training every strategy for real; ``full`` is the
+honest run (all data, enough steps to converge on a small task).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from distilltune.config import StrictModel, deep_merge
+from distilltune.retrieval.config import RetrievalConfig
+
+STRATEGY_NAMES = ("teacher", "teacher-lora", "student-ft", "student-kd", "student-kd-lora", "student-seqkd")
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick": {
+        "train_limit": 160,
+        "eval_limit": 40,
+        "behaviour_limit": 24,
+        "max_new_tokens": 48,
+        "efficiency_prompts": 6,
+        "retrieval": {"k": 2, "max_context_tokens": 192},
+        "steps": {
+            "teacher_lora": 16,
+            "student_ft": 40,
+            "student_kd": 40,
+            "student_kd_lora": 16,
+            "student_seqkd": 40,
+        },
+        "batch_size": 4,
+        "max_length": 384,
+    },
+    "full": {
+        "train_limit": None,
+        "eval_limit": None,
+        "behaviour_limit": None,
+        "max_new_tokens": 96,
+        "efficiency_prompts": 12,
+        "retrieval": {"k": 3, "max_context_tokens": 384},
+        "steps": {
+            "teacher_lora": 200,
+            "student_ft": 400,
+            "student_kd": 400,
+            "student_kd_lora": 100,
+            "student_seqkd": 400,
+        },
+        "batch_size": 8,
+        "max_length": 640,
+    },
+}
+
+
+class Steps(StrictModel):
+    """Optimizer updates per trained strategy."""
+
+    teacher_lora: int = Field(ge=1)
+    student_ft: int = Field(ge=1)
+    student_kd: int = Field(ge=1)
+    student_kd_lora: int = Field(ge=1)
+    student_seqkd: int = Field(ge=1)
+
+
+class BudgetOverrides(StrictModel):
+    latency_p95_ms: float | None = Field(default=None, gt=0)
+    memory_mb: float | None = Field(default=None, gt=0)
+    min_quality: float | None = Field(default=None, ge=0, le=1)
+
+
+class CompareConfig(StrictModel):
+    task: str
+    output: str
+    preset: Literal["quick", "full"] = "quick"
+    strategies: list[str] = Field(default_factory=lambda: list(STRATEGY_NAMES))
+    teacher: str = "smollm2-135m-instruct"
+    student: str = Field(
+        default="teacher:n_layers=6", description="student spec; 'teacher' = the teacher above"
+    )
+    kd_loss: Literal["fkl", "rkl", "jsd", "skl", "srkl", "tvd"] = "fkl"
+    kd_top_k: int = Field(default=32, ge=1)
+    budgets: BudgetOverrides = BudgetOverrides()  # override the task's budgets
+    price_per_hour: float = Field(
+        default=0.10, ge=0, description="compute price for the training-cost column"
+    )
+    currency: str = "USD"
+    seed: int = 0
+    # filled from the preset unless given
+    train_limit: int | None = Field(default=None, ge=1, description="train conversations used (None: all)")
+    eval_limit: int | None = Field(default=None, ge=1, description="eval items scored (None: all)")
+    behaviour_limit: int | None = Field(default=None, ge=1, description="scenarios/adversarial cases each")
+    max_new_tokens: int = Field(default=96, ge=1)
+    efficiency_prompts: int = Field(default=10, ge=1)
+    retrieval: RetrievalConfig = RetrievalConfig()
+    steps: Steps
+    batch_size: int = Field(default=8, ge=1)
+    max_length: int = Field(default=512, ge=64)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        preset = data.get("preset", "quick")
+        if preset not in PRESETS:
+            return data  # the Literal check reports it
+        return deep_merge(PRESETS[preset], data)
+
+    @model_validator(mode="after")
+    def _known_strategies(self) -> CompareConfig:
+        unknown = [s for s in self.strategies if s not in STRATEGY_NAMES]
+        if unknown:
+            raise ValueError(f"unknown strategies {unknown}; known: {', '.join(STRATEGY_NAMES)}")
+        if not self.strategies:
+            raise ValueError("at least one strategy is needed")
+        return self
+
+    def student_spec(self) -> str:
+        """The student spec with 'teacher' bound to the original teacher (never a fine-tuned one)."""
+        base, _, rest = self.student.partition(":")
+        return f"{self.teacher}:{rest}" if base == "teacher" and rest else self.student

@@ -1,0 +1,97 @@
+"""`compare` end to end on a tiny teacher and the tiny task: real training, real evaluation, a valid report.
+
+The subset teacher, student-ft, student-kd still exercises every stage kind: LoRA fine-tuning of the
+teacher (trained because student-kd needs it), full fine-tuning, the cached teacher top-k pass and
+KD, evaluation with retrieval and the guard, and the report. A second run must skip all work.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from distilltune.compare.config import CompareConfig
+from distilltune.compare.run import run_compare
+from distilltune.compare.schema import validate_report
+from distilltune.errors import UserError
+
+
+def _cfg(task, teacher, out, **extra) -> CompareConfig:
+    data = {
+        "task": str(task),
+        "output": str(out),
+        "teacher": str(teacher),
+        "student": "teacher:n_layers=2",
+        "strategies": ["teacher", "student-ft", "student-kd"],
+        "steps": {
+            "teacher_lora": 2,
+            "student_ft": 3,
+            "student_kd": 3,
+            "student_kd_lora": 1,
+            "student_seqkd": 1,
+        },
+        "batch_size": 4,
+        "max_new_tokens": 8,
+        "efficiency_prompts": 2,
+        "budgets": {"latency_p95_ms": 600000},
+    }
+    data.update(extra)
+    return CompareConfig.model_validate(data)
+
+
+def test_compare_end_to_end_and_resume(tiny_task, tiny_teacher_dir, tmp_path):
+    out = tmp_path / "cmp"
+    logs: list[str] = []
+    report = run_compare(_cfg(tiny_task, tiny_teacher_dir, out), log=logs.append)
+
+    assert validate_report(report) == []
+    on_disk = json.loads((out / "report.json").read_text())
+    assert validate_report(on_disk) == [] and on_disk["schema_version"] == 1
+    names = [s["name"] for s in on_disk["strategies"]]
+    assert sorted(names) == ["student-ft", "student-kd", "teacher"]
+    for s in on_disk["strategies"]:
+        assert s["error"] is None, s["error"]
+        assert s["quality"]["n_items"] == 5  # every tiny eval item was answered and scored
+        assert s["efficiency"]["latency_p95_ms"] > 0 and s["efficiency"]["peak_rss_mb"] > 0
+    trained = {s["name"]: s["training"] for s in on_disk["strategies"]}
+    assert trained["student-kd"]["steps"] == 3 and trained["student-kd"]["wall_s"] > 0
+    assert trained["teacher"]["wall_s"] is None  # nothing trained
+    # the KD student learned from the fine-tuned teacher, which was trained although not evaluated
+    assert (out / "runs" / "teacher-lora" / "adapter" / "adapter_config.json").exists()
+    assert not (out / "evals" / "teacher-lora").exists()
+    assert on_disk["recommendation"]["strategy"] in names
+    html = (out / "report.html").read_text()
+    assert "Recommendation" in html or "recommendation" in html
+    assert (out / "task" / "task.yaml").exists() and (out / "configs" / "train-student-kd.yaml").exists()
+
+    # a second run reuses every finished stage
+    times_before = json.loads((out / "stage_times.json").read_text())
+    logs.clear()
+    again = run_compare(_cfg(tiny_task, tiny_teacher_dir, out), log=logs.append)
+    assert json.loads((out / "stage_times.json").read_text()) == times_before
+    assert sum("skipping" in line for line in logs) == 6  # 3 trainings + 3 evaluations
+    assert again["recommendation"]["strategy"] == report["recommendation"]["strategy"]
+
+
+def test_compare_refuses_to_mix_different_data(tiny_task, tiny_teacher_dir, tmp_path):
+    from distilltune.compare.run import prepare_view
+
+    out = tmp_path / "cmp"
+    prepare_view(_cfg(tiny_task, tiny_teacher_dir, out), out)
+    with pytest.raises(UserError, match="different data"):
+        prepare_view(_cfg(tiny_task, tiny_teacher_dir, out, train_limit=3), out)
+
+
+def test_compare_config_presets_and_errors():
+    quick = CompareConfig.model_validate({"task": "t", "output": "o"})
+    full = CompareConfig.model_validate({"task": "t", "output": "o", "preset": "full"})
+    assert quick.steps.student_kd < full.steps.student_kd and quick.train_limit and full.train_limit is None
+    mine = CompareConfig.model_validate({"task": "t", "output": "o", "steps": {"student_kd": 7}})
+    assert mine.steps.student_kd == 7 and mine.steps.student_ft == quick.steps.student_ft
+    with pytest.raises(Exception, match="unknown strategies"):
+        CompareConfig.model_validate({"task": "t", "output": "o", "strategies": ["teacher", "magic"]})
+    assert (
+        CompareConfig.model_validate({"task": "t", "output": "o", "teacher": "x"}).student_spec()
+        == "x:n_layers=6"
+    )
