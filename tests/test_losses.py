@@ -287,7 +287,9 @@ def test_chunked_logits_matches_plain_autograd():
     teacher = torch.randn(9, 20, generator=g)
 
     def fn(lg, s, e):
-        v = kd_loss(lg, teacher[s:e], loss="tvd", reduction="sum") + kd_loss(lg, teacher[s:e], reduction="sum")
+        v = kd_loss(lg, teacher[s:e], loss="tvd", reduction="sum") + kd_loss(
+            lg, teacher[s:e], reduction="sum"
+        )
         return v, {"n": torch.tensor(float(e - s))}
 
     stats: dict = {}
@@ -300,3 +302,58 @@ def test_chunked_logits_matches_plain_autograd():
     torch.testing.assert_close(out, ref.detach())
     torch.testing.assert_close(got, logits.grad)
     assert float(stats["n"]) == 9.0
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("alpha,temperature", [(0.0, 1.0), (0.5, 1.0), (0.3, 2.0), (1.0, 1.0)])
+def test_closed_form_topk_gradient_matches_autograd(loss, alpha, temperature):
+    from distilltune.distill.losses import topk_kd_ce_with_grad
+
+    g = torch.Generator().manual_seed(7)
+    n, v, k = 6, 80, 5
+    t = torch.randn(n, v, generator=g) * 3
+    vals, ids, tail = _topk(t, k)
+    targets = torch.randint(0, v, (n,), generator=g)
+    targets[0] = ids[0, 0]  # one target inside the teacher's top-k, the rest mostly outside
+    s = (torch.randn(n, v, generator=g) * 2).requires_grad_(True)
+    kw = {"loss": loss, "temperature": temperature, "beta": 0.3, "skew": 0.2}
+    kd = topk_kd_loss(s, vals.half(), ids, tail.half(), reduction="sum", **kw)
+    ce = F.cross_entropy(s, targets, reduction="sum")
+    ref = mix_with_ce(kd, ce, alpha)
+    ref.backward()
+    value, kd_v, ce_v, grad = topk_kd_ce_with_grad(
+        s.detach(), vals.half(), ids, tail.half(), targets, alpha=alpha, **kw
+    )
+    torch.testing.assert_close(value, ref.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(kd_v, kd.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ce_v, ce.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad, s.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_chunked_head_uses_a_given_gradient():
+    from distilltune.distill.losses import topk_kd_ce_with_grad
+
+    g = torch.Generator().manual_seed(8)
+    n, h, v = 7, 6, 40
+    hidden = torch.randn(n, h, generator=g, requires_grad=True)
+    weight = torch.randn(v, h, generator=g, requires_grad=True)
+    vals, ids, tail = _topk(torch.randn(n, v, generator=g), 4)
+    targets = torch.randint(0, v, (n,), generator=g)
+
+    def closed(lg, s, e):
+        value, kd, _ce, grad = topk_kd_ce_with_grad(
+            lg, vals[s:e], ids[s:e], tail[s:e], targets[s:e], alpha=0.5
+        )
+        return value, {"kd": kd}, grad
+
+    def auto(lg, s, e):
+        kd = topk_kd_loss(lg, vals[s:e], ids[s:e], tail[s:e], reduction="sum")
+        return mix_with_ce(kd, F.cross_entropy(lg, targets[s:e], reduction="sum"), 0.5), {"kd": kd}
+
+    grads = []
+    for fn in (closed, auto):
+        chunked_head_loss(hidden, weight, None, fn, 3).backward()
+        grads.append((hidden.grad.clone(), weight.grad.clone()))
+        hidden.grad = weight.grad = None
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-4, atol=1e-6)

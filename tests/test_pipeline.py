@@ -73,10 +73,15 @@ def test_shipped_pipelines_validate(name):
 def test_substitution_defaults_and_overrides(tmp_path, tiny_task, tiny_teacher_dir):
     pipe = load_pipeline(
         _write(tmp_path, _blend1(tmp_path, tiny_task, tiny_teacher_dir)),
-        ["student.loss=rkl", "teacher_lora.train.max_steps=1", "vars.task=/elsewhere"],
+        [
+            "student.loss=rkl",
+            "teacher_lora.train.max_steps=1",
+            "vars.task=/elsewhere",
+            f"output={tmp_path / 'o'}",
+        ],
     )
     t, s = pipe.steps
-    assert t.output == tmp_path / "runs" / "teacher_lora" and s.output == tmp_path / "runs" / "student"
+    assert t.output == tmp_path / "o" / "teacher_lora" and s.output == tmp_path / "o" / "student"
     assert s.config.teacher == str(t.output)
     assert s.config.loss == "rkl" and t.config.train.max_steps == 1
     assert t.config.task == "/elsewhere"

@@ -210,6 +210,8 @@ def sequence_data(cfg: DistillConfig, task, out: Path, prompter, device, reporte
     items = seq.train_prompts(task)
     if s.extra_prompts:
         items += seq.load_extra_prompts(s.extra_prompts)
+    if s.max_prompts:
+        items = items[: s.max_prompts]
     root = Path(cfg.cache.dir) if cfg.cache.dir else default_cache_root()
     key = seq.generation_key(
         teacher_fingerprint(cfg.teacher, root / ".file-hashes.json"),

@@ -205,7 +205,58 @@ def mix_with_ce(kd: torch.Tensor, ce: torch.Tensor, alpha: float) -> torch.Tenso
     return alpha * ce + (1.0 - alpha) * kd
 
 
-ChunkFn = Callable[[torch.Tensor, int, int], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+def topk_kd_ce_with_grad(
+    logits: torch.Tensor,
+    topk_logp: torch.Tensor,
+    topk_ids: torch.Tensor,
+    tail_logp: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    loss: str = "fkl",
+    temperature: float = 1.0,
+    beta: float = 0.5,
+    skew: float = 0.1,
+    alpha: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``alpha·CE + (1-alpha)·topk_kd_loss`` summed over positions, *and* its gradient w.r.t. the logits.
+
+    logits: [N, V] (no grad needed); teacher tensors as in ``topk_kd_loss``; targets: [N] label ids.
+    Returns (value, kd sum, ce sum, dvalue/dlogits [N, V]).
+
+    Why closed form: with log q_b = logsumexp_{j∈b} z_j - lse(z) the chain rule gives, for g_b =
+    ∂KD/∂log q_b (autograd on the tiny [N, k+1] bucket problem, so every divergence and temperature
+    works) and G = Σ_b g_b: ∂KD/∂z_j = g_b - q_j·G for a top-k token, q_j·(g_rest/q_rest - G) for the
+    rest; ∂CE/∂z = q - onehot(target). One softmax buffer is reused for the gradient, so a chunk
+    costs ~5 passes over [N, V] instead of the ~12 of autograd through logsumexp/scatter/log_softmax.
+    """
+    z = logits.detach().float()
+    ids = topk_ids.long()
+    lse = torch.logsumexp(z, dim=-1, keepdim=True)
+    q = torch.exp(z - lse)  # becomes the gradient buffer below
+    top_lq = z.gather(-1, ids) - lse
+    q.scatter_(-1, ids, 0.0)
+    q_rest = q.sum(-1, keepdim=True)
+    rest_lq = torch.log(q_rest).clamp(min=LOG_FLOOR)
+    with torch.enable_grad():
+        s_buckets = torch.cat([top_lq, rest_lq], dim=-1).requires_grad_(True)
+        s = temper(s_buckets, temperature)
+        t = temper(teacher_buckets(topk_logp, tail_logp), temperature)
+        kd = (divergence(s, t, loss, beta, skew) * (temperature**2)).sum()
+        (g,) = torch.autograd.grad(kd, s_buckets)
+    ce = (lse[:, 0] - z.gather(-1, targets[:, None])[:, 0]).sum()
+    w_kd = 1.0 - alpha
+    g_sum = g.sum(-1, keepdim=True)
+    rest_coef = w_kd * (g[:, -1:] / q_rest.clamp(min=1e-30) - g_sum) + alpha
+    grad = q.mul_(rest_coef)  # rest tokens; the top-k entries are 0 here and set next
+    q_top = top_lq.exp()
+    grad.scatter_(-1, ids, w_kd * (g[:, :-1] - q_top * g_sum) + alpha * q_top)
+    if alpha:
+        grad.scatter_add_(-1, targets[:, None], torch.full_like(targets[:, None], -alpha, dtype=grad.dtype))
+    value = mix_with_ce(kd.detach(), ce, alpha)
+    return value, kd.detach(), ce, grad
+
+
+ChunkFn = Callable[[torch.Tensor, int, int], tuple]  # → (value, stats) or (value, stats, dvalue/dlogits)
 
 
 class _ChunkedHead(torch.autograd.Function):
@@ -228,8 +279,8 @@ class _ChunkedHead(torch.autograd.Function):
             h = hidden[s:e]
             logits = F.linear(h, weight, bias).detach().requires_grad_(True)
             with torch.enable_grad():
-                value, extra = fn(logits, s, e)
-                (g,) = torch.autograd.grad(value, logits)
+                value, extra, *given = fn(logits, s, e)
+                (g,) = given if given else torch.autograd.grad(value, logits)
             g = g.to(hidden.dtype)
             if dh is not None:
                 dh[s:e] = g @ weight
@@ -265,8 +316,9 @@ def chunked_head_loss(
 
     hidden: [N, H] (final hidden states at the loss positions); weight: [V, H]; bias: [V] or None.
     ``fn`` returns (a scalar to differentiate — usually a *sum* over the chunk's positions —, a dict
-    of detached scalars to accumulate into ``stats``). Its gradient w.r.t. the logits is taken
-    inside; ``fn`` must not need gradients for anything but the logits (teacher tensors are
+    of detached scalars to accumulate into ``stats``), optionally followed by the scalar's gradient
+    w.r.t. the logits when it knows it in closed form (``topk_kd_ce_with_grad``); otherwise autograd
+    takes it inside. ``fn`` must not need gradients for anything but the logits (teacher tensors are
     constants). Returns the summed scalar; divide by N (or the token count) outside.
     """
     if chunk_size < 1:
@@ -290,9 +342,9 @@ class _ChunkedLogits(torch.autograd.Function):
             e = min(s + chunk_size, logits.shape[0])
             chunk = logits[s:e].detach().requires_grad_(True)
             with torch.enable_grad():
-                value, extra = fn(chunk, s, e)
+                value, extra, *given = fn(chunk, s, e)
                 if grad is not None:
-                    (grad[s:e],) = torch.autograd.grad(value, chunk)
+                    (grad[s:e],) = given if given else torch.autograd.grad(value, chunk)
             total += value.detach().float()
             for k, v in extra.items():
                 stats[k] = stats.get(k, 0.0) + v.detach().float()

@@ -91,7 +91,7 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipel
     src = str(path)
     data = read_yaml(path, "pipeline")
     problems: list[Problem] = []
-    for text in overrides or []:  # vars.task=DIR or STEP.train.max_steps=5
+    for text in overrides or []:  # vars.task=DIR, output=DIR, or STEP.train.max_steps=5
         try:
             keys, value = parse_override(text)
         except ValueError as e:
@@ -99,6 +99,9 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipel
             continue
         if keys[0] == "vars":
             deep_set(data.setdefault("vars", {}), keys[1:], value)
+            continue
+        if keys[0] in ("output", "name") and len(keys) == 1:
+            data[keys[0]] = value
             continue
         step = next(
             (s for s in data.get("steps") or [] if isinstance(s, dict) and s.get("name") == keys[0]), None

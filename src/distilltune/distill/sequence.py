@@ -40,6 +40,9 @@ class SequenceSettings(StrictModel):
     """``sequence:`` section of the distill config (mode: sequence)."""
 
     extra_prompts: str | None = Field(default=None, description="JSONL of extra unlabelled prompts")
+    max_prompts: int | None = Field(
+        default=None, ge=1, description="answer only the first N prompts (train, then extra): quick trials"
+    )
     patch: str | None = Field(default=None, description="JSONL of {id, answer} or {id, drop: true} fixes")
     max_new_tokens: int = Field(default=128, ge=1, description="cap on each teacher answer")
     temperature: float = Field(default=0.0, ge=0, description="0 = greedy")

@@ -1,0 +1,563 @@
+"""Distillation speed and memory: cached top-k KD vs online KD vs TRL's GKDTrainer; cache size and accuracy.
+
+Setup (issue #5): teacher = the bundled SmolLM2-135M-Instruct, student = its 6-layer depth-pruned copy
+(layers 0,1,2,27,28,29), batch 8 × 128 tokens (acme-support training conversations whose prompts are
+cut from the left to exactly 128 tokens), fp32, forward KL (β=0), λ=0 (no on-policy sampling), the
+same tuned allocator for every side. Each part runs in its own subprocess so peak RSS is per part:
+
+- ``cache``    builds the teacher top-k cache (k=32): build time, bytes per answer token, top-k mass;
+- ``cached``   our loop (``distilltune.train.loop.train_loop``) with ``CachedKD``: the teacher is not
+               loaded at all; s/step, tokens/s, time per epoch, peak RSS; saves the trained student;
+- ``online``   the same loop with ``OnlineKD`` (teacher in memory, full-vocabulary loss);
+- ``trl``      ``trl.experimental.gkd.GKDTrainer`` with lmbda=0, beta=0, bf16 off, gradient checkpointing
+               off, the same teacher, student, examples (our collator: identical token tensors) and batch;
+- ``error``    the loss error of top-k + tail bucket vs the full-vocabulary loss, for the untrained
+               student and for the student trained by ``cached``, for fkl, rkl and jsd.
+
+``--quality`` runs the issue's acceptance comparison instead: from the CLI on the bundled task, a
+cached-KD student and the same student fine-tuned on the labels only, for the same number of steps
+(same seed, batch, learning rate); both are scored by cross-entropy on *every* eval answer
+(``distilltune.distill.heldout``) and their fact recall is read from their model cards / summaries.
+Writes results/distill_quality.json.
+
+Tokens/s counts every non-padding token of a batch (8 × 128 here) on every side. Time per epoch is
+measured over a full epoch in the full run; ``--quick`` extrapolates it from the timed steps.
+
+Targets: issue #5 — cached epoch ≤ 0.6× online; ≤ 128 bytes/token at k=32 (payload); top-k loss within
+2 % of the full-vocabulary loss; cached ≥ 1.8× TRL tokens/s at ≤ 0.7× its peak RSS. design.md (stricter) —
+cached ≥ 3× TRL tokens/s at ≤ 0.55× its peak RSS.
+
+    python benchmarks/distill.py            # full run (tens of minutes), writes results/distill.json
+    python benchmarks/distill.py --quick    # 1 warm-up + 3 timed steps per part (checks the harness)
+    python benchmarks/distill.py --quality --quality-steps 150   # distilled vs label-only student
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import peak_rss_mb, reexec_with_tuned_allocator, write_result
+
+TEACHER = "smollm2-135m-instruct"
+STUDENT = f"{TEACHER}:layers=0,1,2,27,28,29"
+TASK = Path(__file__).resolve().parent.parent / "examples" / "acme-support"
+K = 32
+
+
+def _examples(seq: int):
+    from distilltune.models import load_tokenizer
+    from distilltune.task import load_task
+    from distilltune.train.data import build_examples
+
+    task = load_task(TASK)
+    tok = load_tokenizer(TEACHER)
+    examples, _ = build_examples(task.train, tok, task.system_prompt, max_length=seq)
+    examples = [e for e in examples if len(e.input_ids) == seq]
+    return examples, tok
+
+
+def _settings(steps: int, batch: int):
+    from distilltune.train.config import TrainSettings
+
+    return TrainSettings(
+        max_steps=steps,
+        batch_size=batch,
+        warmup_steps=0,
+        eval_every=0,
+        save_every=0,
+        precision="fp32",
+        lr=1e-4,
+    )
+
+
+def _student(seed: int = 0):
+    import torch
+
+    from distilltune.models import load_model
+
+    torch.manual_seed(seed)
+    loaded = load_model(STUDENT, trainable=True)
+    for p in loaded.model.parameters():
+        p.requires_grad_(True)
+    return loaded.model
+
+
+def _teacher():
+    from distilltune.models import load_model
+
+    t = load_model(TEACHER).model.eval()
+    for p in t.parameters():
+        p.requires_grad_(False)
+    return t
+
+
+def part_cache(a) -> dict:
+    from distilltune.distill.teacher_cache import ensure_teacher_cache
+
+    examples, tok = _examples(a.seq)
+    t0 = time.perf_counter()
+    cache = ensure_teacher_cache(
+        teacher_ref=TEACHER,
+        tokenizer=tok,
+        examples=examples,
+        k=K,
+        load_teacher=_teacher,
+        root=Path(a.workdir) / "cache",
+        batch_size=a.batch,
+    )
+    m = cache.manifest
+    return {
+        "examples": len(examples),
+        "answer_tokens": m["n_positions"],
+        "k": K,
+        "build_s": round(time.perf_counter() - t0, 2),
+        "payload_bytes_per_token": m["payload_bytes_per_token"],
+        "file_bytes_per_token": m["file_bytes_per_token"],
+        "file_bytes": m["file_bytes"],
+        "topk_mass": m["topk_mass"],
+        "teacher_answer_ce": m["teacher_answer_ce"],
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+
+
+def _loop(a, objective, model, examples, tok, steps: int) -> dict:
+    from distilltune.train.loop import batches_per_epoch, train_loop
+
+    with tempfile.TemporaryDirectory() as tmp:
+        result = train_loop(
+            model=model,
+            examples=examples,
+            objective=objective,
+            settings=_settings(steps, a.batch),
+            lr=1e-4,
+            run_dir=tmp,
+            pad_id=tok.pad_token_id,
+        )
+    rows = [r for r in result.history if r["type"] == "train"]
+    timed = [r["step_s"] for r in rows][a.warmup :]
+    step_s = statistics.median(timed)
+    per_epoch = batches_per_epoch(len(examples), a.batch, 1)
+    epoch_measured = len(rows) >= per_epoch
+    return {
+        "steps": len(rows),
+        "timed_steps": len(timed),
+        "step_s": round(step_s, 4),
+        "step_s_all": [round(x, 4) for x in timed],
+        "tokens_per_s": round(a.batch * a.seq / step_s, 1),
+        "batches_per_epoch": per_epoch,
+        "epoch_s": round(sum(r["step_s"] for r in rows[:per_epoch]), 2)
+        if epoch_measured
+        else round(step_s * per_epoch, 2),
+        "epoch_s_measured": epoch_measured,
+        "final_loss": rows[-1]["loss"],
+        "final_kd": rows[-1].get("kd"),
+        "model": result.model,
+    }
+
+
+def part_cached(a) -> dict:
+    from distilltune.distill.objectives import CachedKD, KDParams
+    from distilltune.distill.teacher_cache import ensure_teacher_cache
+
+    examples, tok = _examples(a.seq)
+
+    def no_teacher():
+        raise SystemExit("cache missing: run the cache part first")
+
+    cache = ensure_teacher_cache(
+        teacher_ref=TEACHER,
+        tokenizer=tok,
+        examples=examples,
+        k=K,
+        load_teacher=no_teacher,
+        root=Path(a.workdir) / "cache",
+    )
+    params = KDParams(loss="fkl", alpha=0.0, chunk_size=512)
+    out = _loop(a, CachedKD(cache, params), _student(), examples, tok, a.steps_for_epoch)
+    model = out.pop("model")
+    out["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    model.save_pretrained(Path(a.workdir) / "trained-student", safe_serialization=True)
+    return out
+
+
+def part_online(a) -> dict:
+    from distilltune.distill.objectives import KDParams, OnlineKD
+
+    examples, tok = _examples(a.seq)
+    params = KDParams(loss="fkl", alpha=0.0, chunk_size=512)
+    out = _loop(a, OnlineKD(_teacher(), params), _student(), examples, tok, a.steps_for_epoch)
+    out.pop("model")
+    out["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    return out
+
+
+def part_trl(a) -> dict:
+    import datasets
+    from transformers import TrainerCallback
+    from trl.experimental.gkd import GKDConfig, GKDTrainer
+
+    from distilltune.data.chat import collate
+
+    examples, tok = _examples(a.seq)
+    steps = a.warmup + a.steps
+    times: list[float] = []
+    tokens: list[int] = []
+
+    def collator(rows):
+        b = collate([examples[r["idx"]] for r in rows], tok.pad_token_id)
+        tokens.append(int(b["attention_mask"].sum()))
+        return b
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            times.append(time.perf_counter() - self.t0)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = GKDConfig(
+            output_dir=tmp,
+            per_device_train_batch_size=a.batch,
+            max_steps=steps,
+            learning_rate=1e-4,
+            lmbda=0.0,
+            beta=0.0,
+            max_length=a.seq,
+            bf16=False,
+            fp16=False,
+            gradient_checkpointing=False,
+            logging_steps=1000,
+            save_strategy="no",
+            report_to=[],
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+            lr_scheduler_type="constant",
+            warmup_steps=0,
+        )
+        trainer = GKDTrainer(
+            model=_student(),
+            teacher_model=_teacher(),
+            args=cfg,
+            data_collator=collator,
+            train_dataset=datasets.Dataset.from_dict({"idx": list(range(len(examples)))}),
+            processing_class=tok,
+            callbacks=[Timer()],
+        )
+        trainer.train()
+    timed = times[a.warmup :]
+    step_s = statistics.median(timed)
+    return {
+        "steps": len(times),
+        "timed_steps": len(timed),
+        "step_s": round(step_s, 4),
+        "step_s_all": [round(x, 4) for x in timed],
+        "tokens_per_step": statistics.mean(tokens),
+        "tokens_per_s": round(statistics.mean(tokens) / step_s, 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "trl_settings": {"lmbda": 0.0, "beta": 0.0, "bf16": False, "gradient_checkpointing": False},
+    }
+
+
+def part_error(a) -> dict:
+    import torch
+
+    from distilltune.data.chat import collate
+    from distilltune.distill.forward import answer_states
+    from distilltune.distill.losses import kd_loss, topk_kd_loss
+    from distilltune.distill.teacher_cache import ensure_teacher_cache
+
+    examples, tok = _examples(a.seq)
+    cache = ensure_teacher_cache(
+        teacher_ref=TEACHER,
+        tokenizer=tok,
+        examples=examples,
+        k=K,
+        load_teacher=lambda: (_ for _ in ()).throw(SystemExit("cache missing")),
+        root=Path(a.workdir) / "cache",
+    )
+    teacher = _teacher()
+    from transformers import AutoModelForCausalLM
+
+    students = {"untrained": _student().eval()}
+    trained_dir = Path(a.workdir) / "trained-student"
+    if trained_dir.is_dir():
+        students["after_cached_kd"] = AutoModelForCausalLM.from_pretrained(str(trained_dir)).eval()
+    idx = list(range(min(len(examples), a.error_examples)))
+    out: dict = {"examples": len(idx)}
+    with torch.no_grad():
+        for name, student in students.items():
+            sums = {loss: [0.0, 0.0] for loss in ("fkl", "rkl", "jsd")}
+            for s in range(0, len(idx), a.batch):
+                chunk = idx[s : s + a.batch]
+                b = collate([examples[i] for i in chunk], tok.pad_token_id)
+                st = answer_states(student, b["input_ids"], b["attention_mask"], b["labels"])
+                tt = answer_states(teacher, b["input_ids"], b["attention_mask"], b["labels"])
+                sl, tl = st.logits_chunk(0, st.n), tt.logits_chunk(0, tt.n)
+                c = cache.get(chunk)
+                for loss in sums:
+                    beta = 0.5
+                    sums[loss][0] += float(kd_loss(sl, tl, loss=loss, beta=beta, reduction="sum"))
+                    sums[loss][1] += float(
+                        topk_kd_loss(sl, c.logp, c.ids, c.tail, loss=loss, beta=beta, reduction="sum")
+                    )
+            out[name] = {
+                loss: {
+                    "full": round(f, 4),
+                    "topk": round(t, 4),
+                    "relative_error": round(abs(t - f) / f, 4) if f else None,
+                }
+                for loss, (f, t) in sums.items()
+            }
+    out["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    return out
+
+
+PARTS = {
+    "cache": part_cache,
+    "cached": part_cached,
+    "online": part_online,
+    "trl": part_trl,
+    "error": part_error,
+}
+
+
+def run_part(name: str, a) -> dict:
+    cmd = [
+        sys.executable,
+        __file__,
+        "--part",
+        name,
+        "--workdir",
+        a.workdir,
+        "--batch",
+        str(a.batch),
+        "--seq",
+        str(a.seq),
+    ]
+    cmd += ["--warmup", str(a.warmup), "--steps", str(a.steps), "--error-examples", str(a.error_examples)]
+    if a.quick:
+        cmd.append("--quick")
+    print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
+    if p.returncode != 0 or not lines:
+        raise SystemExit(f"part {name} failed:\n{p.stderr[-4000:]}")
+    r = json.loads(lines[-1][len("RESULT ") :])
+    brief = {k: r[k] for k in ("step_s", "tokens_per_s", "epoch_s", "peak_rss_mb", "build_s") if k in r}
+    print(f"[bench]   {brief}", file=sys.stderr, flush=True)
+    return r
+
+
+def _target(name: str, value: float, ok: bool) -> dict:
+    return {"name": name, "value": round(value, 4), "met": bool(ok)}
+
+
+def _cli(args: list[str]) -> None:
+    cmd = [sys.executable, "-m", "distilltune", *args]
+    print("[bench] $ distilltune " + " ".join(args), file=sys.stderr, flush=True)
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise SystemExit(f"command failed ({p.returncode}):\n{p.stderr[-4000:]}")
+
+
+def quality(a) -> dict:
+    """Distilled (cached KD, CE mixed in with alpha) vs label-only fine-tuned student, same steps."""
+    from distilltune.distill.heldout import heldout_ce
+    from distilltune.models import load_model
+    from distilltune.runtime import set_threads
+    from distilltune.task import load_task
+
+    set_threads()
+    work = Path(a.workdir)
+    train = [
+        f"train.max_steps={a.quality_steps}",
+        f"train.batch_size={a.batch}",
+        f"train.lr={a.quality_lr}",
+        "train.warmup_steps=10",
+        "train.eval_every=0",
+        f"train.eval_samples={a.quality_eval_samples}",
+        "train.save_every=50",
+        "train.seed=0",
+    ]
+    kd_dir, ft_dir = work / "student-kd", work / "student-ft"
+    _cli(
+        [
+            "distill",
+            "--task",
+            str(TASK),
+            "--teacher",
+            a.quality_teacher,
+            "--student",
+            "teacher:n_layers=6",
+            "--output",
+            str(kd_dir),
+            "--loss",
+            a.quality_loss,
+            "--mode",
+            "cached",
+            "-q",
+            *train,
+            f"alpha={a.quality_alpha}",
+            f"cache.dir={work / 'cache'}",
+        ]
+    )
+    _cli(
+        [
+            "finetune",
+            "--task",
+            str(TASK),
+            "--model",
+            f"{TEACHER}:n_layers=6",
+            "--method",
+            "full",
+            "--output",
+            str(ft_dir),
+            "-q",
+            *train,
+        ]
+    )
+    task = load_task(TASK)
+    out: dict = {"steps": a.quality_steps, "batch": a.batch, "lr": a.quality_lr, "alpha": a.quality_alpha}
+    out["teacher"] = a.quality_teacher
+    out["loss"] = a.quality_loss
+    refs = {"distilled": str(kd_dir), "label_only": str(ft_dir), "untrained_student": f"{TEACHER}:n_layers=6"}
+    refs["teacher"] = a.quality_teacher
+    for name, ref in refs.items():
+        loaded = load_model(ref)
+        r = heldout_ce(loaded.model, loaded.tokenizer, task.eval, task.system_prompt)
+        out[name] = {
+            "ref": ref,
+            "heldout_ce": round(r["ce"], 4),
+            "eval_items": r["items"],
+            "eval_tokens": r["tokens"],
+        }
+        summary = Path(ref) / "train_summary.json"
+        if summary.is_file():
+            sm = json.loads(summary.read_text())
+            ev = sm.get("last_eval") or {}
+            out[name] |= {"fact_recall": ev.get("fact_recall"), "eval_samples": ev.get("eval_samples")}
+            out[name]["train_seconds"] = round(sm["train_seconds"], 1)
+            out[name]["card_reports_fact_recall"] = (
+                "fact recall" in (Path(ref) / "README.md").read_text().lower()
+            )
+        del loaded
+    out["distilled_beats_label_only"] = out["distilled"]["heldout_ce"] < out["label_only"]["heldout_ce"]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="1 warm-up + 3 timed steps per part")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument(
+        "--steps", type=int, default=20, help="timed steps of the TRL part (ours run a full epoch)"
+    )
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--error-examples", type=int, default=64)
+    ap.add_argument(
+        "--workdir", default=None, help="where the cache and the trained student go (default: temp)"
+    )
+    ap.add_argument("--name", default="distill", help="results/<name>.json")
+    ap.add_argument("--part", choices=sorted(PARTS), help=argparse.SUPPRESS)
+    ap.add_argument("--quality", action="store_true", help="distilled vs label-only student (held-out CE)")
+    ap.add_argument("--quality-steps", type=int, default=150)
+    ap.add_argument("--quality-lr", type=float, default=1e-4)
+    ap.add_argument("--quality-alpha", type=float, default=0.5)
+    ap.add_argument("--quality-loss", default="fkl")
+    ap.add_argument("--quality-teacher", default=TEACHER)
+    ap.add_argument("--quality-eval-samples", type=int, default=32)
+    a = ap.parse_args()
+    if a.quick:
+        a.warmup, a.steps, a.error_examples = 1, 3, 16
+
+    reexec_with_tuned_allocator()
+    if a.quality:
+        with tempfile.TemporaryDirectory() as tmp:
+            a.workdir = a.workdir or tmp
+            res = quality(a)
+        path = write_result(f"{a.name}_quality", res)
+        print(json.dumps({k: v for k, v in res.items()}, indent=1), file=sys.stderr)
+        print(path)
+        return
+    if a.part:
+        from distilltune.runtime import set_threads
+
+        set_threads()
+        if a.part in ("cached", "online"):
+            from distilltune.train.loop import batches_per_epoch
+
+            n = len(_examples(a.seq)[0])
+            a.steps_for_epoch = (
+                a.warmup + a.steps if a.quick else max(batches_per_epoch(n, a.batch, 1), a.warmup + a.steps)
+            )
+        res = PARTS[a.part](a)
+        print("RESULT " + json.dumps(res, default=str), flush=True)
+        return
+
+    with tempfile.TemporaryDirectory() as tmp:
+        a.workdir = a.workdir or tmp
+        parts = {name: run_part(name, a) for name in ("cache", "cached", "online", "trl", "error")}
+    cache, cached, online, trl, err = (parts[n] for n in ("cache", "cached", "online", "trl", "error"))
+    epoch_ratio = cached["epoch_s"] / online["epoch_s"]
+    speed_vs_trl = cached["tokens_per_s"] / trl["tokens_per_s"]
+    rss_vs_trl = cached["peak_rss_mb"] / trl["peak_rss_mb"]
+    worst_err = max(
+        v["relative_error"] for s in ("untrained", "after_cached_kd") if s in err for v in err[s].values()
+    )
+    fkl_err_trained = err.get("after_cached_kd", err["untrained"])["fkl"]["relative_error"]
+    targets = [
+        _target("cached epoch <= 0.6 x online epoch", epoch_ratio, epoch_ratio <= 0.6),
+        _target(
+            "cache payload <= 128 bytes/token at k=32",
+            cache["payload_bytes_per_token"],
+            cache["payload_bytes_per_token"] <= 128,
+        ),
+        _target(
+            "top-k fkl within 2% of full-vocabulary fkl (trained student)",
+            fkl_err_trained,
+            fkl_err_trained <= 0.02,
+        ),
+        _target(
+            "top-k loss within 2% of full (worst of fkl/rkl/jsd, both students)", worst_err, worst_err <= 0.02
+        ),
+        _target("cached tokens/s >= 1.8 x TRL GKDTrainer", speed_vs_trl, speed_vs_trl >= 1.8),
+        _target("cached peak RSS <= 0.7 x TRL GKDTrainer", rss_vs_trl, rss_vs_trl <= 0.7),
+        _target("design.md: cached tokens/s >= 3 x TRL", speed_vs_trl, speed_vs_trl >= 3.0),
+        _target("design.md: cached peak RSS <= 0.55 x TRL", rss_vs_trl, rss_vs_trl <= 0.55),
+    ]
+    data = {
+        "quick": a.quick,
+        "setup": {
+            "teacher": TEACHER,
+            "student": STUDENT,
+            "batch": a.batch,
+            "seq": a.seq,
+            "k": K,
+            "loss": "fkl",
+        },
+        **parts,
+        "ratios": {
+            "cached_epoch_over_online": round(epoch_ratio, 4),
+            "cached_tokens_per_s_over_trl": round(speed_vs_trl, 4),
+            "cached_peak_rss_over_trl": round(rss_vs_trl, 4),
+            "online_tokens_per_s_over_trl": round(online["tokens_per_s"] / trl["tokens_per_s"], 4),
+        },
+        "targets": targets,
+    }
+    path = write_result(a.name, data)
+    for t in targets:
+        print(f"[bench] {'MET ' if t['met'] else 'MISS'} {t['name']}: {t['value']}", file=sys.stderr)
+    print(path)
+
+
+if __name__ == "__main__":
+    main()
