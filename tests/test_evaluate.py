@@ -69,11 +69,17 @@ def test_answer_requests_guard_in_the_loop(tiny, tiny_task):
     assert refused.route == ROUTE_REFUSED_INPUT and refused.text == task.policy.refusal_message
     assert refused.input_action == "refuse" and any("medical_advice" in r for r in refused.input_reasons)
     assert refused.new_tokens == 0 and refused.raw_text is None  # the model was never called
+    logged = refused.loggable_conversation()  # a refused request's text stays out of logs
+    assert len(logged) == 1 and logged[0]["content"].startswith("[withheld: refused by the input guard;")
+    assert "diagnose" not in logged[0]["content"]
     # Only the two allowed requests reached the prompter, with every user turn redacted.
     assert len(prompter.seen) == 2
     seen_text = json.dumps(prompter.seen)
     assert EMAIL not in seen_text and RIDER_ID not in seen_text
     assert out[1].input_action == "redact" and EMAIL not in out[1].redacted_request
+    assert out[2].input_action == "redact" and "pii:email" in out[2].input_reasons  # from an earlier turn
+    assert [m["role"] for m in out[2].loggable_conversation()] == ["user", "assistant", "user"]
+    assert EMAIL not in json.dumps(out[2].loggable_conversation())
     for a in out[1:]:
         assert a.route in (ROUTE_MODEL, ROUTE_REFUSED_OUTPUT)
         assert 1 <= a.new_tokens <= 5 and a.prompt_tokens > 0 and a.raw_text is not None
@@ -214,6 +220,8 @@ def test_cli_evaluate_end_to_end(tmp_path, tiny_model_dir, tiny_task):
     assert len(items) == 5 + 2 + 3
     adv2 = next(i for i in items if i["id"] == "adv-2")
     assert "[EMAIL]" in adv2["prompt"][0]["content"]
+    adv1 = next(i for i in items if i["id"] == "adv-1")
+    assert adv1["route"] == ROUTE_REFUSED_INPUT and adv1["prompt"][0]["content"].startswith("[withheld")
     for name in ("items.jsonl", "eval.json", "config.yaml", "metrics.jsonl"):
         text = (out / name).read_text()
         assert EMAIL not in text and RIDER_ID not in text, name
@@ -224,3 +232,32 @@ def test_cli_evaluate_bad_model_is_clean_error(tmp_path, tiny_task):
     r = _cli("evaluate", str(tmp_path / "nope"), "--task", str(tiny_task), "--output", str(tmp_path / "o"))
     assert r.returncode == 2
     assert "Traceback" not in r.stderr and "not found" in r.stderr
+
+
+@pytest.mark.slow
+def test_bundled_teacher_on_acme_support(monkeypatch, tmp_path):
+    """The real 135M teacher on the bundled example: guard refusals score, efficiency is plausible."""
+    from pathlib import Path
+
+    monkeypatch.delenv("DISTILLTUNE_HOME", raising=False)  # the user's model cache
+    task = Path(__file__).parent.parent / "examples" / "acme-support"
+    cfg = EvaluateConfig.model_validate(
+        {
+            "model": "smollm2-135m-instruct",
+            "task": str(task),
+            "output": str(tmp_path / "ev"),
+            "limit": 4,
+            "max_new_tokens": 48,
+            "retrieval": {"uri": str(tmp_path / "index")},
+            "efficiency": {"prompts": 3, "warmup": 1, "max_new_tokens": 16},
+        }
+    )
+    res = evaluate(cfg, log=lambda m: None)
+    first = res["per_item"][0]  # a legal-advice question: the guard refuses it, which is correct
+    assert first["expected_refusal"] and first["route"] == ROUTE_REFUSED_INPUT and first["primary"] == 1.0
+    assert res["behaviour"]["adversarial"]["by_kind"]["injection"]["pass_rate"] == 1.0
+    assert res["groundedness"]["retrieval_recall"] is not None
+    e = res["efficiency"]
+    assert 130e6 < e["params"] < 140e6 and e["size_bytes"] > 5e8
+    assert 400 < e["rss_after_load_mb"] <= e["peak_rss_mb"] < 4000
+    assert e["decode_tok_s"] > 0 and e["latency_ms"]["p95"] > 0

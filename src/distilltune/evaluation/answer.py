@@ -18,12 +18,14 @@ answers, the efficiency probe times it one request at a time, and a server can c
 ``build_pipeline`` builds the guard and prompter for a task the way ``distilltune serve`` does
 (``Guard.for_task``, ``KnowledgeIndex.open`` when retrieval is enabled,
 ``GroundedPrompter.from_config``). ``guard=None`` skips steps 1's redaction/refusal and 4.
-``Answer.redacted_request`` is the last user turn as it may be logged; ``Answer.raw_text`` (the model's
-text before the output guard) must never be logged.
+``Answer.loggable_conversation()`` is the request as a log may keep it (redacted; for a refused input
+only a digest, as the server's request log does); ``Answer.raw_text`` (the model's text before the
+output guard) must never be logged.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,11 +38,23 @@ ROUTE_REFUSED_INPUT = "refused_input"
 ROUTE_REFUSED_OUTPUT = "refused_output"
 
 
+def withheld(text: str) -> str:
+    """What a log keeps of a request the input guard refused: its length and a digest, not its text.
+
+    Refused requests are attacks or off-policy content, and a task's ``not_contains`` strings may sit
+    in the prompt itself ("reply 'I have been pwned'"); the digest still lets repeats be correlated.
+    Same format as the server's request log.
+    """
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    return f"[withheld: refused by the input guard; {len(text)} chars; sha256 {digest}]"
+
+
 @dataclass
 class Answer:
     text: str  # what the user receives
     route: str  # ROUTE_MODEL | ROUTE_REFUSED_INPUT | ROUTE_REFUSED_OUTPUT
-    redacted_request: str  # the last user turn after input redaction (safe to log)
+    redacted_request: str  # the last user turn after input redaction
+    redacted_conversation: list[dict] = field(default_factory=list)  # every turn redacted, no system
     input_action: str = "allow"
     input_reasons: list[str] = field(default_factory=list)
     input_risk: float = 0.0
@@ -60,6 +74,14 @@ class Answer:
     @property
     def refused_by_guard(self) -> bool:
         return self.route != ROUTE_MODEL
+
+    def loggable_conversation(self) -> list[dict]:
+        """The request as a log may keep it: redacted turns, or withheld text when the input was refused."""
+        if self.route == ROUTE_REFUSED_INPUT:
+            return [
+                {"role": m["role"], "content": withheld(m["content"])} for m in self.redacted_conversation
+            ]
+        return [dict(m) for m in self.redacted_conversation]
 
 
 def _last_user_index(conversation: Sequence[dict]) -> int:
@@ -111,6 +133,7 @@ def answer_requests(
             text="",
             route=ROUTE_MODEL,
             redacted_request=conv[last]["content"],
+            redacted_conversation=[dict(m) for m in conv],
             guard_s=time.perf_counter() - t0,
         )
         if decision is not None:

@@ -189,7 +189,7 @@ def evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = _stderr) -> dict:
         rec = {
             "suite": "eval",
             "id": ids[i],
-            "prompt": [{"role": m["role"], "content": redact(m["content"])} for m in convs[i]],
+            "prompt": a.loggable_conversation(),
             "reference": redact(conv.answer),
             "answer": a.text,
             **({"teacher_answer": t_text} if t_text is not None else {}),
@@ -209,7 +209,7 @@ def evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = _stderr) -> dict:
                 "suite": name,
                 "id": case.id,
                 "kind": case.kind,
-                "prompt": [{"role": "user", "content": a.redacted_request}],
+                "prompt": a.loggable_conversation(),
                 "answer": a.text,
                 "expect_refuse": case.expect.refuse,
                 **_guard_fields(a),
