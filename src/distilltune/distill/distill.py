@@ -333,6 +333,8 @@ def run_distill(cfg: DistillConfig, resume: bool = False, reporter: Reporter | N
         )
     if main:
         reporter.message(f"training data: {stats.line()}")
+    if cfg.mode in ("online", "on-policy"):
+        teacher, _ = load_teacher(cfg, acc.device)
     if cfg.uses_cache:
         from distilltune.distill.teacher_cache import ensure_teacher_cache
 
@@ -342,15 +344,13 @@ def run_distill(cfg: DistillConfig, resume: bool = False, reporter: Reporter | N
                 tokenizer=tokenizer,
                 examples=examples,
                 k=cfg.cache.k,
-                load_teacher=lambda: load_teacher(cfg, acc.device)[0],
+                load_teacher=lambda: teacher if teacher is not None else load_teacher(cfg, acc.device)[0],
                 root=Path(cfg.cache.dir) if cfg.cache.dir else None,
                 dtype=cfg.teacher_dtype,
                 batch_size=cfg.cache.batch_size,
                 log=reporter.message if main else None,
             )
         gc.collect()
-    if cfg.mode in ("online", "on-policy"):
-        teacher, _ = load_teacher(cfg, acc.device)
 
     # --- the student -------------------------------------------------------------------------------
     torch.manual_seed(cfg.train.seed)
@@ -425,7 +425,7 @@ def run_distill(cfg: DistillConfig, resume: bool = False, reporter: Reporter | N
         from distilltune.distill.hidden import detach_projection
 
         detach_projection(result.model)
-    del teacher
+    teacher = None  # free it before saving
     if main:
         train_rows = [r for r in result.history if r.get("type") == "train"]
         summary = {
