@@ -226,12 +226,20 @@ def test_cli_evaluate_end_to_end(tmp_path, tiny_model_dir, tiny_task):
         text = (out / name).read_text()
         assert EMAIL not in text and RIDER_ID not in text, name
     assert "You are the Zed Bikes help desk" not in (out / "items.jsonl").read_text()
+    # The written config re-runs as is (and takes further overrides).
+    again = _cli("evaluate", "--config", str(out / "config.yaml"), "limit=2", "--print-config")
+    assert again.returncode == 0, again.stderr
+    saved = (out / "config.yaml").read_text()
+    assert again.stdout == saved.replace("limit: null", "limit: 2")
 
 
 def test_cli_evaluate_bad_model_is_clean_error(tmp_path, tiny_task):
     r = _cli("evaluate", str(tmp_path / "nope"), "--task", str(tiny_task), "--output", str(tmp_path / "o"))
     assert r.returncode == 2
     assert "Traceback" not in r.stderr and "not found" in r.stderr
+    r = _cli("evaluate", "--task", str(tiny_task))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "model" in r.stderr and "output" in r.stderr  # both missing fields named at once
 
 
 @pytest.mark.slow
@@ -255,7 +263,10 @@ def test_bundled_teacher_on_acme_support(monkeypatch, tmp_path):
     res = evaluate(cfg, log=lambda m: None)
     first = res["per_item"][0]  # a legal-advice question: the guard refuses it, which is correct
     assert first["expected_refusal"] and first["route"] == ROUTE_REFUSED_INPUT and first["primary"] == 1.0
-    assert res["behaviour"]["adversarial"]["by_kind"]["injection"]["pass_rate"] == 1.0
+    # adv-01..03 are refused by the input guard; adv-02/03's forbidden strings sit in their own prompts,
+    # which the saved records must withhold. (adv-04 reaches the model: its pass depends on the answer.)
+    failing = {f["id"] for f in res["behaviour"]["failures"]}
+    assert not failing & {"adv-01", "adv-02", "adv-03"}, res["behaviour"]["failures"]
     assert res["groundedness"]["retrieval_recall"] is not None
     e = res["efficiency"]
     assert 130e6 < e["params"] < 140e6 and e["size_bytes"] > 5e8

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import typer
@@ -9,6 +10,8 @@ from rich.table import Table
 
 from distilltune.cli.common import CONFIG_OPT, OVERRIDES_ARG, PRINT_CONFIG_OPT, build_config, console, out
 from distilltune.evaluation.config import EvaluateConfig
+
+OVERRIDE_RE = re.compile(r"^[A-Za-z_][\w.]*=")
 
 
 def _fmt(x, pct: bool = False) -> str:
@@ -63,10 +66,12 @@ def register(app: typer.Typer) -> None:
     @app.command("evaluate")
     def evaluate_cmd(
         model: str = typer.Argument(
-            ..., help="Model reference: built-in name, directory, run dir, adapter, .gguf, or student spec."
+            None,
+            help="Model reference: built-in name, directory, run dir, adapter, .gguf, or student spec "
+            "(may come from --config instead).",
         ),
-        task: Path = typer.Option(..., "--task", help="Task directory."),
-        output: Path = typer.Option(..., "--output", "-o", help="Directory for eval.json and items.jsonl."),
+        task: Path = typer.Option(None, "--task", help="Task directory."),
+        output: Path = typer.Option(None, "--output", "-o", help="Directory for eval.json and items.jsonl."),
         rag: bool = typer.Option(
             None, "--rag/--no-rag", help="Retrieve context for each answer (default on)."
         ),
@@ -80,13 +85,18 @@ def register(app: typer.Typer) -> None:
         overrides: list[str] = OVERRIDES_ARG,
     ) -> None:
         """Evaluate a model on a task: quality, groundedness, behaviour under the guard, efficiency."""
+        overrides = list(overrides or [])
+        if model and OVERRIDE_RE.match(model) and not Path(model).exists():
+            # `evaluate --config OUT/config.yaml limit=5`: the first override lands in MODEL's slot.
+            overrides.insert(0, model)
+            model = None
         cfg = build_config(
             EvaluateConfig,
             config,
             {
                 "model": model,
-                "task": str(task),
-                "output": str(output),
+                "task": str(task) if task else None,
+                "output": str(output) if output else None,
                 "retrieval": {"enabled": rag} if rag is not None else None,
                 "teacher": teacher,
                 "limit": limit,
