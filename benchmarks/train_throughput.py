@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -30,12 +31,18 @@ from pathlib import Path
 from common import matmul_peak_gflops, peak_rss_mb, reexec_with_tuned_allocator, write_result
 
 TEACHER = "smollm2-135m-instruct"
-MODELS = {"teacher": TEACHER, "student6": f"{TEACHER}:layers=0,1,2,27,28,29"}
+STUDENT_LAYERS = "0,1,2,27,28,29"
+
+
+def models(teacher: str) -> dict[str, str]:
+    return {"teacher": teacher, "student6": f"{teacher}:layers={STUDENT_LAYERS}"}
+
+
 METHODS = ("full", "lora")
 TASK = Path(__file__).resolve().parent.parent / "examples" / "acme-support"
 
 
-def one(model_key: str, method: str, batch: int, seq: int, warmup: int, steps: int) -> dict:
+def one(teacher: str, model_key: str, method: str, batch: int, seq: int, warmup: int, steps: int) -> dict:
     """Run one configuration in this process; return its measurements."""
     import torch
 
@@ -52,7 +59,7 @@ def one(model_key: str, method: str, batch: int, seq: int, warmup: int, steps: i
     task = load_task(TASK)
     cfg = FinetuneConfig(
         task=str(TASK),
-        model=MODELS[model_key],
+        model=models(teacher)[model_key],
         method=method,
         output="unused",
         train={
@@ -84,11 +91,12 @@ def one(model_key: str, method: str, batch: int, seq: int, warmup: int, steps: i
             run_dir=tmp,
             pad_id=loaded.tokenizer.pad_token_id,
         )
+    device = str(next(result.model.parameters()).device)
     timed = [r["step_s"] for r in result.history if r["type"] == "train"][warmup:]
     step_s = statistics.median(timed)
     return {
         "model": model_key,
-        "model_ref": MODELS[model_key],
+        "model_ref": models(teacher)[model_key],
         "method": method,
         "params": n_params,
         "trainable_params": n_trainable,
@@ -102,6 +110,7 @@ def one(model_key: str, method: str, batch: int, seq: int, warmup: int, steps: i
         "tokens_per_s": batch * seq / step_s,
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "threads": threads,
+        "device": device,
     }
 
 
@@ -112,7 +121,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=128)
-    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--models", default="teacher,student6")
+    ap.add_argument(
+        "--teacher",
+        default=TEACHER,
+        help="teacher reference (default: the bundled model; a directory with the same architecture and "
+        "random weights measures the same speed)",
+    )
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--name", default="train_throughput", help="results/<name>.json")
     ap.add_argument("--one", nargs=2, metavar=("MODEL", "METHOD"), help=argparse.SUPPRESS)
@@ -122,7 +137,7 @@ def main() -> None:
 
     reexec_with_tuned_allocator()
     if args.one:
-        res = one(args.one[0], args.one[1], args.batch, args.seq, args.warmup, args.steps)
+        res = one(args.teacher, args.one[0], args.one[1], args.batch, args.seq, args.warmup, args.steps)
         print("RESULT " + json.dumps(res), flush=True)
         return
 
@@ -147,9 +162,13 @@ def main() -> None:
                 str(args.batch),
                 "--seq",
                 str(args.seq),
+                "--teacher",
+                args.teacher,
             ]
             print(f"[bench] {model_key} {method} ...", file=sys.stderr, flush=True)
-            p = subprocess.run(cmd, capture_output=True, text=True)
+            # CPU throughput is the target here: hide any GPU from the measured process
+            env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+            p = subprocess.run(cmd, capture_output=True, text=True, env=env)
             lines = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
             if p.returncode != 0 or not lines:
                 raise SystemExit(f"{model_key} {method} failed:\n{p.stderr[-3000:]}")
@@ -189,6 +208,8 @@ def main() -> None:
             )
     data = {
         "quick": args.quick,
+        "teacher": args.teacher,
+        "warmup_steps": args.warmup,
         "matmul_peak_gflops": {"before": peak_before, "after": peak_after, "used": peak},
         "runs": runs,
         "targets": targets,

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -170,6 +170,21 @@ def _all_finite(value: torch.Tensor, accelerator) -> bool:
     return bool(ok.all())
 
 
+@contextmanager
+def _full_params(net: nn.Module, sharded: bool):
+    """Evaluation calls the raw model, outside the prepared wrapper's forward; under FSDP2 the
+    wrapper's own (root) parameters must be gathered first (decoder layers gather themselves)."""
+    unshard = getattr(net, "unshard", None) if sharded else None
+    if unshard is None:
+        yield
+        return
+    unshard()
+    try:
+        yield
+    finally:
+        net.reshard()
+
+
 def unwrap_model(net: nn.Module) -> nn.Module:
     """The raw (HF / PEFT) model inside a prepared ``AnswerLogitsModel``."""
     inner = getattr(net, "module", net)
@@ -220,6 +235,7 @@ def train_loop(
     )
     net, optimizer = acc.prepare(AnswerLogitsModel(model), optimizer)
     raw = unwrap_model(net)
+    params = [p for p in net.parameters() if p.requires_grad]  # FSDP2 replaces parameters in prepare
     sharded = str(acc.distributed_type).rsplit(".", 1)[-1] in ("FSDP", "DEEPSPEED")
 
     state = {"micro_step": 0, "best_step": None, "best_eval": None, "bad_evals": 0, "train_seconds": 0.0}
@@ -252,8 +268,16 @@ def train_loop(
 
     if main:
         where = f"resuming from step {step}" if resumed_from is not None else "starting"
+        precision = (
+            "bf16 autocast"
+            if acc.mixed_precision == "bf16"
+            else str(acc.mixed_precision).replace("no", "fp32")
+        )
         reporter.start(
-            total, step, f"{header}{where}: {total} updates, {n} examples, {per_epoch} batches/epoch"
+            total,
+            step,
+            f"{header}{where}: {total} updates, {n} examples, {per_epoch} batches/epoch, "
+            f"{world} process{'es' if world > 1 else ''} on {acc.device} ({precision})",
         )
 
     def diverged(what: str) -> TrainingDiverged:
@@ -334,7 +358,8 @@ def train_loop(
             step == total or (settings.eval_every and step % settings.eval_every == 0)
         ):
             t_eval = time.perf_counter()
-            last_eval = dict(evaluator(raw))
+            with _full_params(net, sharded):
+                last_eval = dict(evaluator(raw))
             log({"type": "eval", "step": step, **last_eval, "eval_s": round(time.perf_counter() - t_eval, 2)})
             best = state["best_eval"]
             if best is None or score(last_eval, settings.select_metric) > score(best, settings.select_metric):
