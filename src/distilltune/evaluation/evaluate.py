@@ -28,7 +28,13 @@ from pathlib import Path
 
 from distilltune.errors import UserError
 from distilltune.evaluation import behaviour, efficiency, grounding, quality
-from distilltune.evaluation.answer import ROUTE_MODEL, answer_requests, build_pipeline, hit_record
+from distilltune.evaluation.answer import (
+    ROUTE_MODEL,
+    ROUTE_REFUSED_INPUT,
+    answer_requests,
+    build_pipeline,
+    hit_record,
+)
 from distilltune.evaluation.config import EvaluateConfig
 from distilltune.io import append_jsonl, atomic_write_json, atomic_write_text
 
@@ -182,7 +188,10 @@ def evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = _stderr) -> dict:
         # Facts come from the user's data: saved files get them redacted like every other text.
         q["facts_found"] = [redact(f) for f in q["facts_found"]]
         q["facts_missing"] = [redact(f) for f in q["facts_missing"]]
-        g = grounding.ground_item(a.text, conv.facts, conv.sources, a.hits, task.knowledge, q["refused"], rag)
+        retrieved = rag and a.route != ROUTE_REFUSED_INPUT  # a refused request never reaches retrieval
+        g = grounding.ground_item(
+            a.text, conv.facts, conv.sources, a.hits, task.knowledge, q["refused"], retrieved
+        )
         ground.append(g)
         row = {"id": ids[i], **q, "route": a.route, "groundedness": g["grounded"]}
         per_item.append(row)
