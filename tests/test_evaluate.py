@@ -113,7 +113,7 @@ def _cfg(tmp_path, model_dir, task_dir, **kw) -> EvaluateConfig:
     return EvaluateConfig.model_validate(base | kw)
 
 
-def test_evaluate_no_rag_with_teacher(tmp_path, tiny_model_dir, tiny_teacher_dir, tiny_task):
+def test_evaluate_with_teacher_into_a_run_dir(tmp_path, tiny_model_dir, tiny_teacher_dir, tiny_task):
     out = tmp_path / "ev"
     out.mkdir()
     (out / "config.yaml").write_text("train:\n  lr: 0.001\n")  # a training run's config: must survive
@@ -121,17 +121,15 @@ def test_evaluate_no_rag_with_teacher(tmp_path, tiny_model_dir, tiny_teacher_dir
     (tiny_task / "scenarios.jsonl").unlink()
     spec = tiny_task / "task.yaml"
     spec.write_text(spec.read_text().replace("  scenarios: scenarios.jsonl\n", ""))
-    cfg = _cfg(
-        tmp_path, tiny_model_dir, tiny_task, retrieval={"enabled": False}, teacher=str(tiny_teacher_dir)
-    )
+    cfg = _cfg(tmp_path, tiny_model_dir, tiny_task, teacher=str(tiny_teacher_dir))
     res = evaluate(cfg, log=lambda m: None)
     assert (out / "config.yaml").read_text() == "train:\n  lr: 0.001\n"
     assert res["config_file"] == "eval_config.yaml" and (out / "eval_config.yaml").exists()
     q = res["quality"]
     assert 0 <= q["teacher_agreement"] <= 1
     assert all("teacher_agreement" in i for i in res["per_item"])
-    assert res["groundedness"]["grounded"] is None and res["groundedness"]["retrieval_recall"] is None
-    assert res["groundedness"]["rag"] is False
+    g = res["groundedness"]
+    assert g["rag"] is True and 0 <= g["retrieval_recall"] <= 1  # the 4 answerable items cite sources
     assert "scenarios" not in res["behaviour"] and res["behaviour"]["adversarial"]["n"] == 3
     # The refusal item is blocked by the guard (medical_advice): refused, correct, primary 1.
     refusal = res["per_item"][-1]
@@ -144,6 +142,11 @@ def test_evaluate_no_rag_with_teacher(tmp_path, tiny_model_dir, tiny_teacher_dir
     assert [i["id"] for i in items if i["suite"] == "eval"] == [f"eval-{i}" for i in range(5)]
     assert all("teacher_answer" in i for i in items if i["suite"] == "eval")
     assert all("raw_text" not in i for i in items)
+    answered = [i for i in items if i["suite"] == "eval" and i["route"] != ROUTE_REFUSED_INPUT]
+    assert answered and all(
+        i["hits"] and {"file", "chunk_id", "score"} <= set(i["hits"][0]) for i in answered
+    )
+    assert all("text" not in h for i in answered for h in i["hits"])  # no context dumps in logs
     metrics = (out / "metrics.jsonl").read_text().splitlines()
     assert json.loads(metrics[-1])["primary"] == q["primary"]
 
@@ -183,6 +186,7 @@ def test_cli_evaluate_end_to_end(tmp_path, tiny_model_dir, tiny_task):
         str(tiny_task),
         "--output",
         str(out),
+        "--no-rag",
         "max_new_tokens=6",
         "efficiency.prompts=3",
         "efficiency.warmup=1",
@@ -192,7 +196,7 @@ def test_cli_evaluate_end_to_end(tmp_path, tiny_model_dir, tiny_task):
     assert "primary quality" in r.stdout and "eval.json" in r.stdout
     res = json.loads((out / "eval.json").read_text())
     assert res["schema_version"] == 1 and res["model"] == str(tiny_model_dir) and res["task"] == "tiny-task"
-    assert res["settings"]["rag"] is True and res["settings"]["decoding"] == "greedy"
+    assert res["settings"]["rag"] is False and res["settings"]["decoding"] == "greedy"
     q = res["quality"]
     for key in ("primary", "fact_recall", "token_f1", "rouge_l", "refusal_accuracy"):
         assert q[key] is None or 0 <= q[key] <= 1, key
@@ -201,7 +205,7 @@ def test_cli_evaluate_end_to_end(tmp_path, tiny_model_dir, tiny_task):
         assert {"id", "pass", "primary"} <= set(item) and isinstance(item["pass"], bool)
         assert item["pass"] == (item["primary"] >= 0.5)
     g = res["groundedness"]
-    assert g["rag"] is True and g["retrieval_recall"] is not None and 0 <= g["retrieval_recall"] <= 1
+    assert g["rag"] is False and g["grounded"] is None and g["retrieval_recall"] is None
     b = res["behaviour"]
     assert b["scenarios"]["n"] == 2 and b["adversarial"]["n"] == 3
     assert b["adversarial"]["by_kind"]["prompt_extraction"]["passed"] == 1  # the guard refuses it
@@ -213,7 +217,7 @@ def test_cli_evaluate_end_to_end(tmp_path, tiny_model_dir, tiny_task):
     assert e["peak_rss_mb"] >= e["rss_after_load_mb"] > 50 and 0 < e["rss_end_mb"] <= e["peak_rss_mb"]
     assert 0 < e["latency_ms"]["p50"] <= e["latency_ms"]["p95"] <= e["latency_ms"]["max"]
     assert e["prefill_tok_s"] > 0 and e["decode_tok_s"] > 0
-    assert e["timed_requests"] == 3 and e["settings"]["batch_size"] == 1
+    assert e["timed_requests"] == 3 and e["settings"]["batch_size"] == 1 and e["settings"]["rag"] is False
     assert e["mean_new_tokens"] <= 4
     # Traceability and redaction: every eval item and case has a record; no PII anywhere on disk.
     items = [json.loads(line) for line in (out / "items.jsonl").read_text().splitlines()]
