@@ -184,3 +184,57 @@ def test_score_prefers_recall_then_loss():
     assert score({"fact_recall": 0.9, "eval_loss": 3.0}, "eval_loss") < score(
         {"fact_recall": 0.1, "eval_loss": 2.0}, "eval_loss"
     )
+
+
+def test_tensorboard_is_optional(tmp_path):
+    from distilltune.train.progress import LineReporter, TensorBoardLogger
+
+    messages = []
+
+    class Capture(LineReporter):
+        def message(self, text: str) -> None:
+            messages.append(text)
+
+    tb = TensorBoardLogger(tmp_path / "tb", Capture())
+    tb.log({"type": "train", "step": 1, "loss": 1.0})
+    tb.close()
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        assert tb.writer is None and "not installed" in messages[0]
+    else:
+        assert tb.writer is not None and any((tmp_path / "tb").iterdir())
+
+
+def test_method_checks_on_meta_model(tiny_model_dir):
+    from distilltune.train.config import FinetuneConfig
+    from distilltune.train.methods import check_method, meta_model
+
+    skeleton, peft_type = meta_model(str(tiny_model_dir))
+    assert peft_type is None and next(skeleton.parameters()).is_meta
+
+    def problems(**kw):
+        cfg = FinetuneConfig(task="t", model=str(tiny_model_dir), output="o", **kw)
+        return [f"{p.field}: {p.message}" for p in check_method(cfg, skeleton, None)]
+
+    assert problems(method="lora") == []
+    assert problems(method="lora", lora={"target_modules": ["all-linear"]}) == []
+    assert any(
+        "'self_attn' matches LlamaAttention" in p
+        for p in problems(method="lora", lora={"target_modules": ["self_attn"]})
+    )
+    assert any(
+        "matches no module" in p for p in problems(method="adapter", adapter={"target_modules": ["mlp.fc"]})
+    )
+    assert any(
+        "gradient checkpointing" in p
+        for p in problems(method="prefix", train={"gradient_checkpointing": True})
+    )
+    assert any(
+        "must also be in" in p
+        for p in problems(
+            method="ia3", ia3={"target_modules": ["q_proj"], "feedforward_modules": ["down_proj"]}
+        )
+    )
+    cfg = FinetuneConfig(task="t", model=str(tiny_model_dir), output="o", method="lora")
+    assert "cannot be merged" in check_method(cfg, skeleton, "PREFIX_TUNING")[0].message
