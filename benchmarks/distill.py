@@ -266,12 +266,40 @@ def part_trl(a) -> dict:
     }
 
 
-def part_error(a) -> dict:
+def topk_error(student, teacher, cache, examples, batch: int) -> dict:
+    """Full-vocabulary vs top-k + tail loss (fkl, rkl, jsd β=0.5) summed over the examples' answers."""
     import torch
 
     from distilltune.data.chat import collate
     from distilltune.distill.forward import answer_states
     from distilltune.distill.losses import kd_loss, topk_kd_loss
+
+    pad = 0  # padding positions are masked and never scored
+    sums = {loss: [0.0, 0.0] for loss in ("fkl", "rkl", "jsd")}
+    n_tokens = 0
+    with torch.no_grad():
+        for s in range(0, len(examples), batch):
+            chunk = list(range(s, min(s + batch, len(examples))))
+            b = collate([examples[i] for i in chunk], pad)
+            st = answer_states(student, b["input_ids"], b["attention_mask"], b["labels"])
+            tt = answer_states(teacher, b["input_ids"], b["attention_mask"], b["labels"])
+            sl, tl = st.logits_chunk(0, st.n), tt.logits_chunk(0, tt.n)
+            c = cache.get(chunk)
+            n_tokens += st.n
+            for loss in sums:
+                sums[loss][0] += float(kd_loss(sl, tl, loss=loss, reduction="sum"))
+                sums[loss][1] += float(topk_kd_loss(sl, c.logp, c.ids, c.tail, loss=loss, reduction="sum"))
+    return {
+        loss: {
+            "full_per_token": round(f / n_tokens, 4),
+            "topk_per_token": round(t / n_tokens, 4),
+            "relative_error": round(abs(t - f) / f, 4) if f else None,
+        }
+        for loss, (f, t) in sums.items()
+    }
+
+
+def part_error(a) -> dict:
     from distilltune.distill.teacher_cache import ensure_teacher_cache
 
     examples, tok = _examples(a.seq)
@@ -292,32 +320,9 @@ def part_error(a) -> dict:
     trained_dir = Path(a.workdir) / "trained-student"
     if trained_dir.is_dir():
         students["after_cached_kd"] = AutoModelForCausalLM.from_pretrained(str(trained_dir)).eval()
-    idx = list(range(len(examples)))
-    out: dict = {"examples": len(idx)}
-    with torch.no_grad():
-        for name, student in students.items():
-            sums = {loss: [0.0, 0.0] for loss in ("fkl", "rkl", "jsd")}
-            for s in range(0, len(idx), a.batch):
-                chunk = idx[s : s + a.batch]
-                b = collate([examples[i] for i in chunk], tok.pad_token_id)
-                st = answer_states(student, b["input_ids"], b["attention_mask"], b["labels"])
-                tt = answer_states(teacher, b["input_ids"], b["attention_mask"], b["labels"])
-                sl, tl = st.logits_chunk(0, st.n), tt.logits_chunk(0, tt.n)
-                c = cache.get(chunk)
-                for loss in sums:
-                    beta = 0.5
-                    sums[loss][0] += float(kd_loss(sl, tl, loss=loss, beta=beta, reduction="sum"))
-                    sums[loss][1] += float(
-                        topk_kd_loss(sl, c.logp, c.ids, c.tail, loss=loss, beta=beta, reduction="sum")
-                    )
-            out[name] = {
-                loss: {
-                    "full": round(f, 4),
-                    "topk": round(t, 4),
-                    "relative_error": round(abs(t - f) / f, 4) if f else None,
-                }
-                for loss, (f, t) in sums.items()
-            }
+    out: dict = {"examples": len(examples)}
+    for name, student in students.items():
+        out[name] = topk_error(student, teacher, cache, examples, a.batch)
     out["peak_rss_mb"] = round(peak_rss_mb(), 1)
     return out
 
@@ -452,6 +457,19 @@ def quality(a) -> dict:
             )
         del loaded
     out["distilled_beats_label_only"] = out["distilled"]["heldout_ce"] < out["label_only"]["heldout_ce"]
+    # top-k + tail vs full-vocabulary loss for the distilled student, on its own cache (first 64 examples)
+    from distilltune.distill.teacher_cache import TeacherCache
+    from distilltune.train.data import build_examples
+
+    kd_summary = json.loads((kd_dir / "train_summary.json").read_text())
+    cache = TeacherCache(Path(kd_summary["teacher_cache"]["path"]))
+    teacher = load_model(a.quality_teacher)
+    examples, _ = build_examples(task.train, teacher.tokenizer, task.system_prompt, 512)
+    n = min(64, len(examples))
+    student = load_model(str(kd_dir)).model
+    out["topk_error_distilled_student"] = {"examples": n} | topk_error(
+        student, teacher.model, cache, examples[:n], a.batch
+    )
     return out
 
 

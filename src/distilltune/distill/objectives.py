@@ -10,8 +10,9 @@ chunk by chunk (``losses.chunked_head_loss``), so neither model's full-vocabular
 the whole batch. The loss is ``alpha·CE + (1 - alpha)·T²·D`` averaged over the batch's answer tokens
 (the loop weights micro-batches by that count); metrics ``kd`` and ``ce`` are logged separately.
 
-Under DDP the student must run through the prepared wrapper's ``forward`` (gradient sync hooks), so
-there the objective takes the wrapper's answer logits and chunks only the loss (``chunked_logits_loss``).
+With several processes (DDP, FSDP) the student must run through the prepared wrapper's ``forward``
+(gradient-sync and unsharding hooks), so there the objective takes the wrapper's answer logits
+([N, V] for the whole micro-batch) and chunks only the loss (``chunked_logits_loss``).
 """
 
 from __future__ import annotations
@@ -46,9 +47,15 @@ class KDParams:
     chunk_size: int = 512
 
 
+def _distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def student_states(net: nn.Module, batch: dict, output_hidden_states: bool = False) -> AnswerStates:
     """The student's answer-position states; through the DDP wrapper's forward when distributed."""
-    if hasattr(net, "module"):  # DistributedDataParallel: keep its forward hooks
+    if hasattr(net, "module") or _distributed():  # DDP / FSDP: keep the wrapper's forward hooks
         if output_hidden_states:
             raise UserError("hidden-state distillation is not supported with several processes yet")
         logits, targets = net(batch["input_ids"], batch["attention_mask"], batch["labels"])
