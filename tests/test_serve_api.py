@@ -607,3 +607,23 @@ def test_cli_rejects_bad_input_cleanly(tmp_path):
     assert isinstance(res.exception, UserError)
     res = CliRunner().invoke(app, ["logs", str(tmp_path / "missing.db")])
     assert isinstance(res.exception, UserError)
+
+
+def test_an_internal_error_is_a_clean_500_without_request_text(live, monkeypatch):
+    secret = "rider@example.com"
+
+    def broken(conv):
+        raise RuntimeError(f"bug while handling {conv[-1]['content']} {secret}")
+
+    from distilltune.serve import pipeline as pipeline_mod
+
+    monkeypatch.setattr(pipeline_mod.RequestPipeline, "_prompt", lambda self, conv: broken(conv))
+    client = live.client()
+    with pytest.raises(openai.InternalServerError) as e:
+        _ask(client, f"my email is {secret}", max_tokens=4)
+    assert e.value.status_code == 500 and secret not in json.dumps(e.value.body)
+    with pytest.raises(openai.APIError):
+        list(_ask(client, "hello there", max_tokens=4, stream=True))
+    rows = _db_rows(live)[-2:]
+    assert [r["status"] for r in rows] == [500, 500]
+    assert all(r["error"] == "500 internal_error" for r in rows)

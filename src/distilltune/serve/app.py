@@ -56,6 +56,12 @@ def _error_response(e: APIError, request_id: str | None = None) -> JSONResponse:
     return JSONResponse(e.body(), status_code=e.status, headers=headers)
 
 
+def _internal(e: Exception) -> APIError:
+    """An unexpected exception (a bug): logged by type only (its message may quote request text)."""
+    log.error("internal error while answering a request: %s", type(e).__name__)
+    return APIError(500, "internal server error", type="server_error", code="internal_error")
+
+
 def _citation_header(citations: list[dict]) -> str:
     files = list(dict.fromkeys(c["file"] for c in citations if c.get("file")))
     return ",".join(quote(f, safe="/._-") for f in files)
@@ -248,16 +254,17 @@ def create_app(state: ServerState, manage_lifecycle: bool = True) -> FastAPI:
             events = pipeline.run(req, served, max_tokens, rec, stream=req.stream)
             start = await _next(events, deadline, cfg.limits.timeout_s)
             assert isinstance(start, Start)
-        except APIError as e:
-            if events is not None:
-                await events.aclose()
-            finalize(rec, e.status, t0, None, e)
-            return _error_response(e, cid)
         except asyncio.CancelledError:
             if events is not None:
                 await events.aclose()
             finalize(rec, 499, t0, None, None)
             raise
+        except Exception as exc:
+            e = exc if isinstance(exc, APIError) else _internal(exc)
+            if events is not None:
+                await events.aclose()
+            finalize(rec, e.status, t0, None, e)
+            return _error_response(e, cid)
         headers = {
             "X-Request-Id": cid,
             ROUTE_HEADER: start.route,
@@ -279,14 +286,15 @@ def create_app(state: ServerState, manage_lifecycle: bool = True) -> FastAPI:
                     parts.append(ev.text)
                 elif isinstance(ev, End):
                     break
-        except APIError as e:
-            await events.aclose()
-            finalize(rec, e.status, t0, None, e)
-            return _error_response(e, cid)
         except asyncio.CancelledError:
             await events.aclose()
             finalize(rec, 499, t0, None, None)
             raise
+        except Exception as exc:
+            e = exc if isinstance(exc, APIError) else _internal(exc)
+            await events.aclose()
+            finalize(rec, e.status, t0, None, e)
+            return _error_response(e, cid)
         await events.aclose()
         ttft = (time.perf_counter() - t0) * 1000
         finalize(rec, 200, t0, ttft, None)
@@ -329,13 +337,14 @@ def create_app(state: ServerState, manage_lifecycle: bool = True) -> FastAPI:
                         yield data(chunk(cid, model, created, usage=ev.usage, include_choice=False))
                     break
             yield "data: [DONE]\n\n"
-        except APIError as e:
-            # Headers are gone: report in-band, as OpenAI does; the client raises on an "error" event.
-            status, error = e.status, e
-            yield data(e.body())
         except asyncio.CancelledError:
             status = 499  # the client went away
             raise
+        except Exception as exc:
+            # Headers are gone: report in-band, as OpenAI does; the client raises on an "error" event.
+            error = exc if isinstance(exc, APIError) else _internal(exc)
+            status = error.status
+            yield data(error.body())
         finally:
             await events.aclose()
             finalize(rec, status, t0, ttft, error)

@@ -159,6 +159,10 @@ def load_slot(
         primary = None
         ids[name] = None
     if adapters:
+        if name in adapters:
+            raise UserError(
+                f"--adapter {name}: that name is already MODEL's id; pick another (or set served_name)"
+            )
         if not isinstance(model, PeftModel) and not hasattr(model, "load_adapter"):
             raise UserError(f"{ref}: this model type cannot take extra adapters")
         if loaded.kind == "adapter" and not isinstance(model, PeftModel):
@@ -229,6 +233,10 @@ def build_state(cfg: ServeConfig) -> ServerState:
         max_prompt_tokens=cfg.limits.max_prompt_tokens,
     )
     served_name, *adapter_names = student_ids
+    if served_name in adapter_names:
+        raise UserError(
+            f"--adapter {served_name}: that name is already MODEL's id; pick another (or set served_name)"
+        )
     parent_of_primary = _base_parent(cfg.model)
     models = {served_name: ServedModel(served_name, student, student_ids[served_name], parent_of_primary)}
     for a in adapter_names:

@@ -190,6 +190,8 @@ class RequestPipeline:
 
     @staticmethod
     def _generation_failed(res: GenResult) -> APIError:
+        if res.finish_reason == "cancelled":  # the engine stopped under us: shutting down
+            return APIError(503, "the server is shutting down", type="server_error", code="unavailable")
         return APIError(500, f"generation failed ({res.error or res.finish_reason})", type="server_error")
 
     async def run(
@@ -238,7 +240,7 @@ class RequestPipeline:
                 buffered = await handle.result()
             finally:
                 handle.cancel()  # a timeout or disconnect while waiting: free the batch slot
-            if buffered.finish_reason == "error":
+            if buffered.finish_reason in ("error", "cancelled"):
                 raise self._generation_failed(buffered)
             st.metrics.queue_wait.labels("student").observe(buffered.queue_s)
             rec.queue_ms = buffered.queue_s * 1000
@@ -298,7 +300,7 @@ class RequestPipeline:
                         handle.cancel()
                         break
                 res = await handle.result()
-                if res.finish_reason == "error":
+                if res.finish_reason == "error" or (res.finish_reason == "cancelled" and not releaser.done):
                     raise self._generation_failed(res)
                 st.metrics.queue_wait.labels(answering.role).observe(res.queue_s)
                 st.metrics.tokens.labels(answering.role, "prompt").inc(res.prompt_tokens)
