@@ -12,6 +12,7 @@ from pathlib import Path
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from distilltune.cli.common import CONFIG_OPT, OVERRIDES_ARG, PRINT_CONFIG_OPT, build_config, console, out
 from distilltune.errors import UserError
@@ -33,6 +34,11 @@ def parse_adapters(items: list[str] | None) -> dict[str, str] | None:
     return adapters
 
 
+def _row(t: Table, *cells: str) -> None:
+    """Cells as literal text: guard labels like ``pii:email`` are not emoji codes or markup."""
+    t.add_row(*(Text(c) for c in cells))
+
+
 def _ms(x) -> str:
     return "n/a" if x is None else f"{x:.0f}"
 
@@ -44,28 +50,30 @@ def print_summary(s: dict) -> None:
     t = Table(show_header=True)
     t.add_column("")
     t.add_column("value", justify="right")
-    t.add_row("status", ", ".join(f"{k}: {v}" for k, v in sorted(s["by_status"].items())))
-    t.add_row("route", ", ".join(f"{k}: {v}" for k, v in sorted(s["by_route"].items())))
-    t.add_row("models", ", ".join(f"{k or '?'}: {v}" for k, v in sorted(s["by_model"].items())))
-    t.add_row("refused (input / output)", f"{s['refused_input']} / {s['refused_output']}")
-    t.add_row("PII redacted (input / output)", f"{s['redacted_input']} / {s['redacted_output']}")
+    _row(t, "status", ", ".join(f"{k}: {v}" for k, v in sorted(s["by_status"].items())))
+    _row(t, "route", ", ".join(f"{k}: {v}" for k, v in sorted(s["by_route"].items())))
+    _row(t, "models", ", ".join(f"{k or '?'}: {v}" for k, v in sorted(s["by_model"].items())))
+    _row(t, "refused (input / output)", f"{s['refused_input']} / {s['refused_output']}")
+    _row(t, "PII redacted (input / output)", f"{s['redacted_input']} / {s['redacted_output']}")
     rate = s["escalation_rate"]
-    t.add_row("escalated to fallback", "n/a" if rate is None else f"{rate:.1%} of answered")
+    _row(t, "escalated to fallback", "n/a" if rate is None else f"{rate:.1%} of answered")
     for route, lat in s["latency_ms"].items():
-        t.add_row(f"latency {route} p50 / p95 (n)", f"{_ms(lat['p50'])} / {_ms(lat['p95'])} ms ({lat['n']})")
+        _row(t, f"latency {route} p50 / p95 (n)", f"{_ms(lat['p50'])} / {_ms(lat['p95'])} ms ({lat['n']})")
     if s["ttft_ms"]:
-        t.add_row(
-            "time to first token p50 / p95", f"{_ms(s['ttft_ms']['p50'])} / {_ms(s['ttft_ms']['p95'])} ms"
+        _row(
+            t, "time to first token p50 / p95", f"{_ms(s['ttft_ms']['p50'])} / {_ms(s['ttft_ms']['p95'])} ms"
         )
     if s["confidence"]:
         c = s["confidence"]
-        t.add_row(
-            "student mean log-prob (mean / p10 / p50)", f"{c['mean']:.2f} / {c['p10']:.2f} / {c['p50']:.2f}"
+        _row(
+            t,
+            "student mean log-prob (mean / p10 / p50)",
+            f"{c['mean']:.2f} / {c['p10']:.2f} / {c['p50']:.2f}",
         )
-    t.add_row("tokens (prompt / completion)", f"{s['tokens']['prompt']} / {s['tokens']['completion']}")
+    _row(t, "tokens (prompt / completion)", f"{s['tokens']['prompt']} / {s['tokens']['completion']}")
     top = list(s["guard_reasons"].items())[:8]
     if top:
-        t.add_row("guard reasons", ", ".join(f"{k}: {v}" for k, v in top))
+        _row(t, "guard reasons", ", ".join(f"{k}: {v}" for k, v in top))
     out.print(t)
 
 
