@@ -134,6 +134,10 @@ def test_default_location_is_under_distilltune_home_not_the_task(tiny_task, monk
     assert uri.parent == tmp_path / "home" / "indexes" and uri.name.startswith("tiny-task-")
     assert not str(uri).startswith(str(tiny_task))
     assert not any(p.suffix == ".lance" for p in tiny_task.rglob("*"))
+    # other chunking settings get their own directory: no process rebuilds an index another has open
+    other = KnowledgeIndex.open(tiny_task, RetrievalConfig(chunk_words=40, chunk_overlap_words=5))
+    assert other.status == "built" and Path(other.uri) != uri
+    assert KnowledgeIndex.open(tiny_task, RetrievalConfig()).status == "reused"
 
 
 def test_long_query_gets_a_note_and_still_searches(built):

@@ -72,13 +72,21 @@ def _task_parts(task) -> tuple[str, dict[str, str], Path | None]:
     return task.name, task.knowledge, task.knowledge_dir
 
 
-def default_uri(name: str, knowledge_dir: Path | None) -> str:
-    """``$DISTILLTUNE_HOME/indexes/<task>-<hash of the knowledge dir path>``: outside the user's task dir."""
+def default_uri(name: str, knowledge_dir: Path | None, content: str = "") -> str:
+    """``$DISTILLTUNE_HOME/indexes/<task>-<hash of the knowledge dir path>[-<content hash>]``.
+
+    Outside the user's task dir. The content hash (documents, chunking, embedding model) is part of
+    the name, so processes using different documents or settings never rebuild one directory under
+    each other's open readers (a LanceDB table replaced while open fails on its next read).
+    """
     from distilltune.models.bundled import distilltune_home
 
     where = str(knowledge_dir.resolve()) if knowledge_dir else name
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "task"
-    return str(distilltune_home() / "indexes" / f"{slug}-{hashlib.sha256(where.encode()).hexdigest()[:10]}")
+    suffix = f"-{content[:10]}" if content else ""
+    return str(
+        distilltune_home() / "indexes" / f"{slug}-{hashlib.sha256(where.encode()).hexdigest()[:10]}{suffix}"
+    )
 
 
 def _is_local(uri: str) -> bool:
@@ -134,9 +142,9 @@ class KnowledgeIndex:
         """Reuse the index if it matches the documents and passes its checks, otherwise (re)build it."""
         cfg = cfg or RetrievalConfig()
         name, docs, kdir = _task_parts(task)
-        uri = cfg.uri or default_uri(name, kdir)
         embedder = load_embedder(cfg.embedding_model)
         want = content_hash(docs, INDEX_FORMAT, cfg.chunk_words, cfg.chunk_overlap_words, embedder.identity)
+        uri = cfg.uri or default_uri(name, kdir, want)
         with _locked(uri):
             reason = "forced" if rebuild else None
             if reason is None:
