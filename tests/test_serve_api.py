@@ -538,6 +538,18 @@ def test_metrics_and_logs_command(live):
     client = live.client()
     _ask(client, "Please diagnose my injury.", max_tokens=4)  # blocked topic
     _ask(client, "My email is rider@example.com, when do you open?", max_tokens=4)
+    with cascade_threshold(live, -1.5):
+        assert (
+            _ask(client, "Do you rent tandems?", max_tokens=4).model_extra["distilltune"]["route"]
+            == "fallback"
+        )
+    with cascade_threshold(live, -1000.0):
+        assert (
+            _ask(client, "Do you rent tandems?", max_tokens=4).model_extra["distilltune"]["route"]
+            == "student"
+        )
+    with pytest.raises(openai.AuthenticationError):
+        _ask(live.client(key="nope"), "hi")
     text = httpx.get(f"{live.url}/metrics").text
     for needle in (
         'distilltune_requests_total{model="student",route="refused_input",status="200"}',
