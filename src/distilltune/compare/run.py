@@ -89,10 +89,12 @@ def _train_settings(cfg: CompareConfig, steps: int, lr: float | None = None):
         lr=lr,
         warmup_steps=max(1, steps // 10),
         max_length=cfg.max_length,
-        eval_every=0,  # evaluate once at the end; the comparison's evaluation is the real measurement
-        eval_samples=min(8, cfg.eval_limit or 8),
+        # One held-out loss at the end, no generation: the comparison's evaluation is the real
+        # measurement, and answering eval items twice would only cost time.
+        eval_every=0,
+        eval_samples=0,
         eval_loss_items=min(32, cfg.eval_limit or 32),
-        eval_max_new_tokens=cfg.max_new_tokens,
+        select_metric="eval_loss",
         save_every=max(1, steps // 2),
         keep_last=1,
         seed=cfg.seed,
