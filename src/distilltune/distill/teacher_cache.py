@@ -332,7 +332,7 @@ def build_teacher_cache(
     k: int,
     pad_id: int,
     batch_size: int = 8,
-    max_shard_positions: int = 1 << 19,
+    max_shard_positions: int = 1 << 16,
     info: dict | None = None,
     log: Callable[[str], None] | None = None,
 ) -> TeacherCache:
@@ -361,7 +361,9 @@ def build_teacher_cache(
         part = list(examples[a:b])
         per_ex: dict[int, tuple] = {}
         shard_nll, shard_n = 0.0, 0
-        for idx in _batches(len(part), batch_size, [len(e.input_ids) for e in part]):
+        for bi, idx in enumerate(_batches(len(part), batch_size, [len(e.input_ids) for e in part])):
+            if log and bi and bi % 20 == 0:
+                log(f"teacher cache: shard {si + 1}/{len(plan)}, {bi * batch_size} of {len(part)} examples")
             batch = collate([part[i] for i in idx], pad_id)
             vals, ids, tail, lab = teacher_topk(model, batch, k)
             rows = [counts[a + i] for i in idx]
