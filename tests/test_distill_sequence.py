@@ -261,5 +261,7 @@ def test_cached_generate_reuses_answers_and_survives_a_torn_line(tmp_path):
     assert [g.text for g in second] == [g.text for g in first]
     third = cached_generate(make, path)([*convs, [{"role": "user", "content": "new"}]])
     assert calls == [3, 1] and third[-1].text == "answer to new"
-    fourth = cached_generate(lambda: pytest.fail("teacher must not load"), path)([[{"role": "user", "content": "new"}]])
+    fourth = cached_generate(lambda: pytest.fail("teacher must not load"), path)(
+        [[{"role": "user", "content": "new"}]]
+    )
     assert fourth[0].text == "answer to new"
