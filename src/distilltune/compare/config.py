@@ -34,6 +34,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
         "batch_size": 4,
         "max_length": 384,
+        "seqkd_prompts": 64,
     },
     "full": {
         "train_limit": None,
@@ -51,6 +52,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
         "batch_size": 8,
         "max_length": 640,
+        "seqkd_prompts": None,
     },
 }
 
@@ -98,6 +100,9 @@ class CompareConfig(StrictModel):
     steps: Steps
     batch_size: int = Field(default=8, ge=1)
     max_length: int = Field(default=512, ge=64)
+    seqkd_prompts: int | None = Field(
+        default=None, ge=1, description="train prompts the teacher answers for sequence-level KD (None: all)"
+    )
 
     @model_validator(mode="before")
     @classmethod
