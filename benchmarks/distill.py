@@ -425,7 +425,7 @@ def quality(a) -> dict:
             "-q",
             *train,
             f"alpha={a.quality_alpha}",
-            f"cache.dir={work / 'cache'}",
+            *([f"cache.dir={a.quality_cache_dir}"] if a.quality_cache_dir else []),
         ]
     )
     _cli(
@@ -485,7 +485,7 @@ def quality(a) -> dict:
         examples=examples,
         k=K_ERROR,
         load_teacher=lambda: teacher_model,
-        root=work / "cache",
+        root=Path(a.quality_cache_dir) if a.quality_cache_dir else None,
     )
     student = load_model(str(kd_dir)).model
     out["topk_error_distilled_student"] = {"examples": len(examples)} | topk_error(
@@ -517,6 +517,11 @@ def main() -> None:
     ap.add_argument("--quality-loss", default="fkl")
     ap.add_argument("--quality-teacher", default=TEACHER)
     ap.add_argument("--quality-eval-samples", type=int, default=32)
+    ap.add_argument(
+        "--quality-cache-dir",
+        default=None,
+        help="teacher cache root (default: the shared one, keyed by content)",
+    )
     a = ap.parse_args()
     if a.quick:
         a.warmup, a.steps, a.error_examples = 1, 3, 16
