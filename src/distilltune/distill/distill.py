@@ -18,7 +18,6 @@ A finished run dir is returned as is (``compare`` and pipelines call this idempo
 from __future__ import annotations
 
 import gc
-import resource
 import sys
 from pathlib import Path
 
@@ -280,6 +279,7 @@ def run_distill(cfg: DistillConfig, resume: bool = False, reporter: Reporter | N
     from distilltune.models.generate import stop_token_ids
     from distilltune.train.artifacts import (
         base_reference,
+        loop_summary,
         save_base_model,
         save_trained,
         write_card_and_summary,
@@ -427,7 +427,6 @@ def run_distill(cfg: DistillConfig, resume: bool = False, reporter: Reporter | N
         detach_projection(result.model)
     teacher = None  # free it before saving
     if main:
-        train_rows = [r for r in result.history if r.get("type") == "train"]
         summary = {
             "kind": "distill",
             "mode": cfg.mode,
@@ -435,25 +434,16 @@ def run_distill(cfg: DistillConfig, resume: bool = False, reporter: Reporter | N
             "teacher": cfg.teacher,
             "student": cfg.student,
             "method": cfg.method,
-            "base_path": base_path,
-            "task": task.name,
-            "total_params": total_params,
-            "trainable_params": trainable_params,
-            "train_examples": len(examples),
-            "train_loss_tokens": stats.loss_tokens,
-            "final_step": result.final_step,
-            "total_steps": result.total_steps,
-            "stopped": result.stopped,
-            "resumed_from": result.resumed_from,
-            "best_step": result.best_step,
-            "best_eval": result.best_eval,
-            "last_eval": result.last_eval,
-            "train_seconds": result.train_seconds,
-            "tokens_per_s": sum(r["tokens_per_s"] for r in train_rows) / len(train_rows)
-            if train_rows
-            else 0.0,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "processes": acc.num_processes,
+            **loop_summary(
+                result,
+                acc,
+                task_name=task.name,
+                base_path=base_path,
+                total_params=total_params,
+                trainable_params=trainable_params,
+                n_examples=len(examples),
+                loss_tokens=stats.loss_tokens,
+            ),
             "teacher_cache": (
                 {k: v for k, v in cache.manifest.items() if k != "shards"} | {"path": str(cache.path)}
                 if cache is not None

@@ -181,3 +181,39 @@ def mark_complete(out_dir: Path) -> None:
 
 def is_complete(out_dir: Path) -> bool:
     return (Path(out_dir) / COMPLETE).is_file()
+
+
+def loop_summary(
+    result,
+    acc,
+    *,
+    task_name: str,
+    base_path: str,
+    total_params: int,
+    trainable_params: int,
+    n_examples: int,
+    loss_tokens: int,
+) -> dict:
+    """The run-summary fields every training run shares (fine-tuning and distillation alike)."""
+    import resource
+
+    train_rows = [r for r in result.history if r.get("type") == "train"]
+    return {
+        "base_path": base_path,
+        "task": task_name,
+        "total_params": total_params,
+        "trainable_params": trainable_params,
+        "train_examples": n_examples,
+        "train_loss_tokens": loss_tokens,
+        "final_step": result.final_step,
+        "total_steps": result.total_steps,
+        "stopped": result.stopped,
+        "resumed_from": result.resumed_from,
+        "best_step": result.best_step,
+        "best_eval": result.best_eval,
+        "last_eval": result.last_eval,
+        "train_seconds": result.train_seconds,
+        "tokens_per_s": sum(r["tokens_per_s"] for r in train_rows) / len(train_rows) if train_rows else 0.0,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "processes": acc.num_processes,
+    }

@@ -10,7 +10,6 @@ continues an unfinished one from its latest complete checkpoint.
 
 from __future__ import annotations
 
-import resource
 import sys
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from distilltune.io import atomic_write_text
 from distilltune.train.artifacts import (
     base_reference,
     is_complete,
+    loop_summary,
     mark_complete,
     model_card,
     save_base_model,
@@ -236,29 +236,19 @@ def run_finetune(cfg: FinetuneConfig, resume: bool = False, reporter: Reporter |
         accelerator=acc,
     )
     if main:
-        train_rows = [r for r in result.history if r.get("type") == "train"]
         summary = {
             "method": cfg.method,
             "model": cfg.model,
-            "base_path": base_path,
-            "task": task.name,
-            "total_params": total_params,
-            "trainable_params": trainable_params,
-            "train_examples": len(examples),
-            "train_loss_tokens": stats.loss_tokens,
-            "final_step": result.final_step,
-            "total_steps": result.total_steps,
-            "stopped": result.stopped,
-            "resumed_from": result.resumed_from,
-            "best_step": result.best_step,
-            "best_eval": result.best_eval,
-            "last_eval": result.last_eval,
-            "train_seconds": result.train_seconds,
-            "tokens_per_s": (
-                sum(r["tokens_per_s"] for r in train_rows) / len(train_rows) if train_rows else 0.0
+            **loop_summary(
+                result,
+                acc,
+                task_name=task.name,
+                base_path=base_path,
+                total_params=total_params,
+                trainable_params=trainable_params,
+                n_examples=len(examples),
+                loss_tokens=stats.loss_tokens,
             ),
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "processes": acc.num_processes,
         }
         artifact = save_trained(result.model, tokenizer, cfg.method, out, base_path, result.state_dict)
         write_card_and_summary(out, artifact, model_card(cfg, summary, task), summary)
