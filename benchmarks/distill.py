@@ -415,7 +415,7 @@ def quality(a) -> dict:
             "--teacher",
             a.quality_teacher,
             "--student",
-            "teacher:n_layers=6",
+            a.quality_student,
             "--output",
             str(kd_dir),
             "--loss",
@@ -434,7 +434,7 @@ def quality(a) -> dict:
             "--task",
             str(TASK),
             "--model",
-            f"{TEACHER}:n_layers=6",
+            a.quality_student,
             "--method",
             "full",
             "--output",
@@ -445,9 +445,10 @@ def quality(a) -> dict:
     )
     task = load_task(TASK)
     out: dict = {"steps": a.quality_steps, "batch": a.batch, "lr": a.quality_lr, "alpha": a.quality_alpha}
+    out["student"] = a.quality_student
     out["teacher"] = a.quality_teacher
     out["loss"] = a.quality_loss
-    refs = {"distilled": str(kd_dir), "label_only": str(ft_dir), "untrained_student": f"{TEACHER}:n_layers=6"}
+    refs = {"distilled": str(kd_dir), "label_only": str(ft_dir), "untrained_student": a.quality_student}
     refs["teacher"] = a.quality_teacher
     for name, ref in refs.items():
         loaded = load_model(ref)
@@ -512,10 +513,15 @@ def main() -> None:
     ap.add_argument("--part", choices=sorted(PARTS), help=argparse.SUPPRESS)
     ap.add_argument("--quality", action="store_true", help="distilled vs label-only student (held-out CE)")
     ap.add_argument("--quality-steps", type=int, default=150)
-    ap.add_argument("--quality-lr", type=float, default=1e-4)
+    ap.add_argument("--quality-lr", type=float, default=1e-3)
     ap.add_argument("--quality-alpha", type=float, default=0.5)
     ap.add_argument("--quality-loss", default="fkl")
     ap.add_argument("--quality-teacher", default=TEACHER)
+    ap.add_argument(
+        "--quality-student",
+        default=f"{TEACHER}:n_layers=6",
+        help="the same starting student for both sides (default: the base teacher cut to 6 layers)",
+    )
     ap.add_argument("--quality-eval-samples", type=int, default=32)
     ap.add_argument(
         "--quality-cache-dir",

@@ -100,6 +100,7 @@ def test_full_finetune_cli_artifacts(tiny_task, tiny_model_dir, tmp_path, capsys
         "`full`",
         "## Hyperparameters",
         "## Metrics",
+        "fact recall on held-out eval answers: ",
         "AutoModelForCausalLM",
         "tiny-task",
     ):

@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from distilltune.config import resolve_config
-from distilltune.train.config import DEFAULT_LR, FinetuneConfig
+from distilltune.distill.config import DistillConfig
+from distilltune.train.config import DEFAULT_LR, PRUNED_STUDENT_LR, FinetuneConfig, default_lr
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 
@@ -18,7 +19,22 @@ CONFIGS = Path(__file__).parent.parent / "configs"
 def test_finetune_configs_validate(path):
     cfg = resolve_config(FinetuneConfig, path, {"output": "/tmp/unused"}, [])
     assert (CONFIGS.parent / cfg.task / "task.yaml").is_file(), "configs point at the bundled example task"
-    assert cfg.resolved().train.lr == (cfg.train.lr or DEFAULT_LR[cfg.method])
+    assert cfg.resolved().train.lr == (cfg.train.lr or default_lr(cfg.method, cfg.model))
+
+
+def test_default_lr_is_larger_for_a_freshly_pruned_student():
+    def ft(model, method, **train):
+        cfg = FinetuneConfig(task="t", model=model, method=method, output="o", train=train)
+        return cfg.resolved().train.lr
+
+    assert ft("teacher:n_layers=6", "full") == PRUNED_STUDENT_LR > DEFAULT_LR["full"]
+    assert ft("smollm2-135m-instruct", "full") == DEFAULT_LR["full"]
+    assert ft("teacher:n_layers=6", "lora") == DEFAULT_LR["lora"]
+    assert ft("teacher:n_layers=6", "full", lr=3e-5) == 3e-5  # an explicit value always wins
+    kd = DistillConfig(task="t", teacher="smollm2-135m-instruct", output="o")
+    assert kd.resolved().train.lr == PRUNED_STUDENT_LR
+    from_run = DistillConfig(task="t", teacher="x", student="runs/student-kd", output="o")
+    assert from_run.resolved().train.lr < PRUNED_STUDENT_LR
 
 
 def test_shipped_finetune_configs_exist():

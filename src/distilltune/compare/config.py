@@ -19,22 +19,23 @@ STRATEGY_NAMES = ("teacher", "teacher-lora", "student-ft", "student-kd", "studen
 
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
+        # Sized on an idle 2-core machine: benchmarks/results/demo.json has the measured wall time.
         "train_limit": 160,
-        "eval_limit": 40,
-        "behaviour_limit": 24,
+        "eval_limit": 32,
+        "behaviour_limit": 12,
         "max_new_tokens": 48,
-        "efficiency_prompts": 6,
+        "efficiency_prompts": 4,
         "retrieval": {"k": 2, "max_context_tokens": 192},
         "steps": {
-            "teacher_lora": 16,
+            "teacher_lora": 12,
             "student_ft": 40,
             "student_kd": 40,
-            "student_kd_lora": 16,
+            "student_kd_lora": 12,
             "student_seqkd": 40,
         },
         "batch_size": 4,
-        "max_length": 384,
-        "seqkd_prompts": 64,
+        "max_length": 320,
+        "seqkd_prompts": 32,
     },
     "full": {
         "train_limit": None,

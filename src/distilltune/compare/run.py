@@ -80,13 +80,12 @@ def effective_budgets(task_budgets: Budgets, cfg: CompareConfig) -> Budgets:
     return Budgets(**merged)
 
 
-def _train_settings(cfg: CompareConfig, steps: int, lr: float | None = None):
+def _train_settings(cfg: CompareConfig, steps: int):
     from distilltune.train.config import TrainSettings
 
     return TrainSettings(
         max_steps=steps,
         batch_size=cfg.batch_size,
-        lr=lr,
         warmup_steps=max(1, steps // 10),
         max_length=cfg.max_length,
         # One held-out loss at the end, no generation: the comparison's evaluation is the real
@@ -110,7 +109,6 @@ def training_configs(cfg: CompareConfig, view: Path, out: Path) -> dict[str, obj
     runs = out / "runs"
     student = cfg.student_spec()
     common = {"task": str(view), "rag": True, "retrieval": cfg.retrieval}
-    student_lr = 1e-4  # a pruned student starts far from a good model (distill's default for full training)
     make = {
         "teacher-lora": lambda: FinetuneConfig(
             **common,
@@ -124,7 +122,7 @@ def training_configs(cfg: CompareConfig, view: Path, out: Path) -> dict[str, obj
             model=student,
             method="full",
             output=str(runs / "student-ft"),
-            train=_train_settings(cfg, cfg.steps.student_ft, lr=student_lr),
+            train=_train_settings(cfg, cfg.steps.student_ft),
         ),
         "student-kd": lambda: DistillConfig(
             **common,
@@ -134,7 +132,7 @@ def training_configs(cfg: CompareConfig, view: Path, out: Path) -> dict[str, obj
             mode="cached",
             loss=cfg.kd_loss,
             cache=CacheSettings(k=cfg.kd_top_k),
-            train=_train_settings(cfg, cfg.steps.student_kd, lr=student_lr),
+            train=_train_settings(cfg, cfg.steps.student_kd),
         ),
         "student-kd-lora": lambda: FinetuneConfig(
             **common,
@@ -152,7 +150,7 @@ def training_configs(cfg: CompareConfig, view: Path, out: Path) -> dict[str, obj
             # Teacher generation dominates this strategy's cost (24 of ~41 training minutes in a quick
             # demo answering all 160 prompts), so the quick preset answers a sample.
             sequence=SequenceSettings(max_new_tokens=cfg.max_new_tokens, max_prompts=cfg.seqkd_prompts),
-            train=_train_settings(cfg, cfg.steps.student_seqkd, lr=student_lr),
+            train=_train_settings(cfg, cfg.steps.student_seqkd),
         ),
     }
     return {name: make[name]() for name in training_order(cfg.strategies)}

@@ -8,13 +8,7 @@ sequence-level data's filter and patch counts), the loss and its settings, and t
 
 from __future__ import annotations
 
-from distilltune.config import to_yaml
-
-
-def _fmt(d: dict | None) -> str:
-    if not d:
-        return "(no evaluation ran)"
-    return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in d.items())
+from distilltune.train.artifacts import card_common_sections
 
 
 def _signal_lines(cfg, summary: dict) -> list[str]:
@@ -49,19 +43,6 @@ def _signal_lines(cfg, summary: dict) -> list[str]:
 
 
 def distill_card(cfg, summary: dict, task) -> str:
-    artifact = "model" if cfg.method == "full" else "adapter"
-    if cfg.method == "full":
-        load = (
-            "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
-            f'model = AutoModelForCausalLM.from_pretrained("{artifact}")\n'
-            f'tokenizer = AutoTokenizer.from_pretrained("{artifact}")\n```\n'
-        )
-    else:
-        load = (
-            "```python\nfrom peft import AutoPeftModelForCausalLM\nfrom transformers import AutoTokenizer\n\n"
-            f'model = AutoPeftModelForCausalLM.from_pretrained("{artifact}")  # base: {summary["base_path"]}\n'
-            f'tokenizer = AutoTokenizer.from_pretrained("{artifact}")\n```\n'
-        )
     loss_desc = {
         "fkl": "forward KL",
         "rkl": "reverse KL",
@@ -70,15 +51,12 @@ def distill_card(cfg, summary: dict, task) -> str:
         "srkl": f"skew reverse KL (α={cfg.skew})",
         "tvd": "total variation",
     }[cfg.loss]
-    best = summary.get("best_eval") or {}
-    last = summary.get("last_eval") or {}
-    recall = best.get("fact_recall", last.get("fact_recall"))
-    budgets = task.spec.budgets.model_dump(exclude_none=True)
     objective = (
         "cross-entropy on the teacher's curated answers (sequence-level KD)"
         if cfg.mode == "sequence"
         else f"{cfg.alpha}·CE(labels) + {1 - cfg.alpha:g}·T²·{loss_desc}, T={cfg.temperature}"
     )
+    body, loading = card_common_sections(cfg, summary, task, "distill")
     lines = [
         f"# {task.name}: student distilled from {cfg.teacher}",
         "",
@@ -93,29 +71,7 @@ def distill_card(cfg, summary: dict, task) -> str:
         f"- mode: `{cfg.mode}`; objective: {objective}",
         *_signal_lines(cfg, summary),
         "",
-        "## Data",
-        f"- {summary['train_examples']} training conversations ({summary['train_loss_tokens']} answer tokens), "
-        f"{len(task.eval)} eval conversations",
-        f"- retrieval-augmented prompts: {'yes' if cfg.rag else 'no'}",
-        "",
-        "## Hyperparameters",
-        "```yaml",
-        to_yaml(cfg.train).rstrip(),
-        "```",
-        "",
-        "## Metrics",
-        f"- fact recall on held-out eval answers: {recall if recall is not None else 'not measured'}",
-        f"- updates: {summary['final_step']} of {summary['total_steps']} ({summary['stopped']}); "
-        f"training time {summary['train_seconds']:.1f} s; mean {summary['tokens_per_s']:.0f} tokens/s; "
-        f"peak RSS {summary['peak_rss_mb']:.0f} MB",
-        f"- best evaluation (step {summary['best_step']}): {_fmt(summary.get('best_eval'))}",
-        f"- last evaluation: {_fmt(summary.get('last_eval'))}",
-        f"- budgets of the task: {budgets or 'none'}",
-        "",
-        "## How to load",
-        load,
-        "The full config is in `config.yaml` (re-run with `distilltune distill --config config.yaml`); "
-        "per-step metrics are in `metrics.jsonl`.",
-        "",
+        *body,
+        *loading,
     ]
     return "\n".join(lines)

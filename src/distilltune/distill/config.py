@@ -14,13 +14,14 @@ from pydantic import Field, model_validator
 from distilltune.config import StrictModel
 from distilltune.distill.sequence import SequenceSettings
 from distilltune.retrieval.config import RetrievalConfig
-from distilltune.train.config import LoraSettings, TrainSettings
+from distilltune.train.config import LoraSettings, TrainSettings, default_lr
 
 Mode = Literal["cached", "online", "sequence", "on-policy"]
 Loss = Literal["fkl", "rkl", "jsd", "skl", "srkl", "tvd"]
 
-# A depth-pruned student starts far from a good model: it takes a larger step size than fine-tuning
-# a working model (5e-5); sequence-level KD is plain supervised training on the teacher's answers.
+# A student that is already a working model (a run dir, a smaller model of the same family) trains at
+# these; a freshly depth-pruned spec takes train.config.PRUNED_STUDENT_LR. Sequence-level KD is plain
+# supervised training on the teacher's answers.
 DEFAULT_LR = {"full": 1e-4, "lora": 2e-4}
 
 
@@ -96,7 +97,9 @@ class DistillConfig(StrictModel):
         return self.mode == "cached" or (self.mode == "on-policy" and self.onpolicy.off_policy == "cached")
 
     def lr(self) -> float:
-        return self.train.lr if self.train.lr is not None else DEFAULT_LR[self.method]
+        if self.train.lr is not None:
+            return self.train.lr
+        return default_lr(self.method, self.student, DEFAULT_LR)
 
     def resolved(self) -> DistillConfig:
         """A copy with defaults filled in (what config.yaml records)."""

@@ -97,38 +97,83 @@ def _fmt_metrics(d: dict | None) -> str:
     return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in d.items())
 
 
-def model_card(cfg, summary: dict, task) -> str:
-    """README.md of the run: base, method, data, hyperparameters, metrics, budgets, how to load."""
-    artifact = "model" if cfg.method == "full" else "adapter"
-    if cfg.method == "full":
-        load = (
+def load_snippet(method: str, base_path: str | None) -> str:
+    """How to load the run's artifact (``model/`` or ``adapter/``) with the field's usual libraries."""
+    artifact = "model" if method == "full" else "adapter"
+    if method == "full":
+        return (
             "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
             f'model = AutoModelForCausalLM.from_pretrained("{artifact}")\n'
             f'tokenizer = AutoTokenizer.from_pretrained("{artifact}")\n```\n'
         )
-    elif cfg.method == "adapter":
-        load = (
+    if method == "adapter":
+        return (
             "Bottleneck adapters are not a PEFT type; load them with distilltune:\n\n"
             "```python\nfrom distilltune.models import load_model\n\n"
             f'loaded = load_model("{artifact}")  # .model, .tokenizer\n```\n'
         )
-    else:
-        load = (
-            "```python\nfrom peft import AutoPeftModelForCausalLM\nfrom transformers import AutoTokenizer\n\n"
-            f'model = AutoPeftModelForCausalLM.from_pretrained("{artifact}")  # base: {summary["base_path"]}\n'
-            f'tokenizer = AutoTokenizer.from_pretrained("{artifact}")\n```\n'
+    load = (
+        "```python\nfrom peft import AutoPeftModelForCausalLM\nfrom transformers import AutoTokenizer\n\n"
+        f'model = AutoPeftModelForCausalLM.from_pretrained("{artifact}")  # base: {base_path}\n'
+        f'tokenizer = AutoTokenizer.from_pretrained("{artifact}")\n```\n'
+    )
+    if method in ("lora", "ia3"):
+        load += f"\nMerge into a plain model: `distilltune merge {artifact} --output merged`.\n"
+    if method == "prefix":
+        load += (
+            "\nPrefix tuning: generate with `use_cache=False` (transformers' `generate()` drops the "
+            "prefix when the KV cache is on); `distilltune generate` does this automatically.\n"
         )
-        if cfg.method in ("lora", "ia3"):
-            load += f"\nMerge into a plain model: `distilltune merge {artifact} --output merged`.\n"
-        if cfg.method == "prefix":
-            load += (
-                "\nPrefix tuning: generate with `use_cache=False` (transformers' `generate()` drops the "
-                "prefix when the KV cache is on); `distilltune generate` does this automatically.\n"
-            )
+    return load
+
+
+def card_common_sections(cfg, summary: dict, task, command: str) -> tuple[list[str], list[str]]:
+    """The sections every run's card shares: (data + hyperparameters + metrics, how to load).
+
+    The metrics always name the fact recall on held-out eval answers (or say it was not measured),
+    so fine-tuned and distilled students can be compared from their cards alone.
+    """
+    best = summary.get("best_eval") or {}
+    last = summary.get("last_eval") or {}
+    recall = best.get("fact_recall", last.get("fact_recall"))
+    budgets = task.spec.budgets.model_dump(exclude_none=True)
+    body = [
+        "## Data",
+        f"- {summary['train_examples']} training conversations ({summary['train_loss_tokens']} answer tokens), "
+        f"{len(task.eval)} eval conversations",
+        f"- retrieval-augmented prompts: {'yes' if cfg.rag else 'no'}",
+        "",
+        "## Hyperparameters",
+        "```yaml",
+        to_yaml(cfg.train).rstrip(),
+        "```",
+        "",
+        "## Metrics",
+        f"- fact recall on held-out eval answers: {recall if recall is not None else 'not measured'}",
+        f"- updates: {summary['final_step']} of {summary['total_steps']} ({summary['stopped']}); "
+        f"training time {summary['train_seconds']:.1f} s; mean {summary['tokens_per_s']:.0f} tokens/s; "
+        f"peak RSS {summary['peak_rss_mb']:.0f} MB",
+        f"- best evaluation (step {summary['best_step']}): {_fmt_metrics(summary.get('best_eval'))}",
+        f"- last evaluation: {_fmt_metrics(summary.get('last_eval'))}",
+        f"- budgets of the task: {budgets or 'none'}",
+        "",
+    ]
+    loading = [
+        "## How to load",
+        load_snippet(cfg.method, summary.get("base_path")),
+        f"The full config is in `config.yaml` (re-run with `distilltune {command} --config config.yaml`); "
+        "per-step metrics are in `metrics.jsonl`.",
+        "",
+    ]
+    return body, loading
+
+
+def model_card(cfg, summary: dict, task) -> str:
+    """README.md of the run: base, method, data, hyperparameters, metrics, budgets, how to load."""
     method_cfg = {"lora": cfg.lora, "prefix": cfg.prefix, "ia3": cfg.ia3, "adapter": cfg.adapter}.get(
         cfg.method
     )
-    budgets = task.spec.budgets.model_dump(exclude_none=True)
+    body, loading = card_common_sections(cfg, summary, task, "finetune")
     lines = [
         f"# {task.name}: {cfg.method} fine-tune of {cfg.model}",
         "",
@@ -143,28 +188,8 @@ def model_card(cfg, summary: dict, task) -> str:
         "## Method",
         f"- `{cfg.method}`" + (f": `{method_cfg.model_dump_json()}`" if method_cfg is not None else ""),
         "",
-        "## Data",
-        f"- {summary['train_examples']} training conversations ({summary['train_loss_tokens']} answer tokens), "
-        f"{len(task.eval)} eval conversations",
-        f"- retrieval-augmented prompts: {'yes' if cfg.rag else 'no'}",
-        "",
-        "## Hyperparameters",
-        "```yaml",
-        to_yaml(cfg.train).rstrip(),
-        "```",
-        "",
-        "## Metrics",
-        f"- updates: {summary['final_step']} of {summary['total_steps']} ({summary['stopped']}); "
-        f"training time {summary['train_seconds']:.1f} s; mean {summary['tokens_per_s']:.0f} tokens/s",
-        f"- best evaluation (step {summary['best_step']}): {_fmt_metrics(summary['best_eval'])}",
-        f"- last evaluation: {_fmt_metrics(summary['last_eval'])}",
-        f"- budgets of the task: {budgets or 'none'}",
-        "",
-        "## How to load",
-        load,
-        "The full config is in `config.yaml` (re-run with `distilltune finetune --config config.yaml`); "
-        "per-step metrics are in `metrics.jsonl`.",
-        "",
+        *body,
+        *loading,
     ]
     return "\n".join(lines)
 

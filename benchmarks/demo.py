@@ -1,0 +1,94 @@
+"""Wall time of ``distilltune demo`` (the main job) as a first run: the target is ≤ 15 minutes on 2 cores.
+
+"First run" means nothing is cached: a fresh ``DISTILLTUNE_HOME`` (so the bundled teacher is
+dequantized again, the retrieval index and the teacher's top-k cache are built again) and a fresh
+output directory. The package install is not timed (``make demo`` installs once, then runs this job).
+
+The result records the total wall time, each stage's wall time (from the run's ``stage_times.json``),
+the machine's load average before and after (a busy machine makes the number meaningless: run it
+with nothing else going on), the preset, and the recommendation the report made.
+
+    python benchmarks/demo.py                 # writes results/demo.json
+    python benchmarks/demo.py --keep DIR      # keep the run (report.html etc.) in DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_result
+
+TARGET_S = 15 * 60
+
+
+def _preset(config_yaml: Path) -> dict:
+    """The resolved compare settings the run used (the preset with any overrides applied)."""
+    import yaml
+
+    cfg = yaml.safe_load(config_yaml.read_text())
+    keep = ("preset", "train_limit", "eval_limit", "behaviour_limit", "max_new_tokens", "steps")
+    return {k: cfg.get(k) for k in keep} | {"seqkd_prompts": cfg.get("seqkd_prompts")}
+
+
+def run(out: Path, home: Path, extra: list[str]) -> dict:
+    env = dict(os.environ, DISTILLTUNE_HOME=str(home), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    cmd = [sys.executable, "-m", "distilltune", "demo", "--output", str(out), *extra]
+    print("[bench] $", " ".join(cmd[2:]), flush=True)
+    load_before = os.getloadavg()
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"distilltune demo failed with exit status {proc.returncode}")
+    report = json.loads((out / "report.json").read_text())
+    stages = json.loads((out / "stage_times.json").read_text())
+    rec = report.get("recommendation") or {}
+    return {
+        "wall_seconds": round(wall, 1),
+        "target_seconds": TARGET_S,
+        "meets_target": wall <= TARGET_S,
+        "stage_seconds": {k: round(v, 1) for k, v in stages.items()},
+        "stage_seconds_sum": round(sum(stages.values()), 1),
+        "outside_stages_seconds": round(wall - sum(stages.values()), 1),
+        "load_avg_1m_before": round(load_before[0], 2),
+        "load_avg_1m_after": round(os.getloadavg()[0], 2),
+        "preset": _preset(out / "config.yaml"),
+        "overrides": extra,
+        "recommendation": {"strategy": rec.get("strategy"), "reason": rec.get("reason")},
+        "strategies": {
+            s["name"]: {
+                "quality": (s.get("quality") or {}).get("primary"),
+                "fact_recall": (s.get("quality") or {}).get("fact_recall"),
+                "p95_ms": (s.get("efficiency") or {}).get("latency_p95_ms"),
+            }
+            for s in report.get("strategies", [])
+        },
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--keep", type=Path, help="run in this (new) directory and keep it")
+    ap.add_argument("--name", default="demo", help="results/<name>.json")
+    ap.add_argument("overrides", nargs="*", help="passed to distilltune demo (key=value)")
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="dt-demo-") as tmp:
+        out = a.keep or Path(tmp) / "demo-output"
+        if out.exists() and any(out.iterdir()):
+            raise SystemExit(f"{out} is not empty: a first run needs a fresh output directory")
+        res = run(out, Path(tmp) / "home", a.overrides)
+    path = write_result(a.name, res)
+    print(json.dumps({k: res[k] for k in ("wall_seconds", "meets_target", "recommendation")}, indent=2))
+    print(f"[bench] wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
