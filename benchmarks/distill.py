@@ -404,7 +404,7 @@ def quality(a) -> dict:
         "train.eval_every=0",
         f"train.eval_samples={a.quality_eval_samples}",
         "train.save_every=50",
-        "train.seed=0",
+        f"train.seed={a.quality_seed}",
     ]
     kd_dir, ft_dir = work / "student-kd", work / "student-ft"
     _cli(
@@ -446,6 +446,7 @@ def quality(a) -> dict:
     task = load_task(TASK)
     out: dict = {"steps": a.quality_steps, "batch": a.batch, "lr": a.quality_lr, "alpha": a.quality_alpha}
     out["student"] = a.quality_student
+    out["seed"] = a.quality_seed
     out["teacher"] = a.quality_teacher
     out["loss"] = a.quality_loss
     refs = {"distilled": str(kd_dir), "label_only": str(ft_dir), "untrained_student": a.quality_student}
@@ -517,6 +518,7 @@ def main() -> None:
     ap.add_argument("--quality-alpha", type=float, default=0.5)
     ap.add_argument("--quality-loss", default="fkl")
     ap.add_argument("--quality-teacher", default=TEACHER)
+    ap.add_argument("--quality-seed", type=int, default=0, help="data order and initialisation seed")
     ap.add_argument(
         "--quality-student",
         default=f"{TEACHER}:n_layers=6",

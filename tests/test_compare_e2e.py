@@ -12,7 +12,7 @@ import json
 import pytest
 
 from distilltune.compare.config import CompareConfig
-from distilltune.compare.run import run_compare
+from distilltune.compare.run import run_compare, teacher_agreement_of
 from distilltune.compare.schema import validate_report
 from distilltune.errors import UserError
 
@@ -54,6 +54,9 @@ def test_compare_end_to_end_and_resume(tiny_task, tiny_teacher_dir, tmp_path):
         assert s["error"] is None, s["error"]
         assert s["quality"]["n_items"] == 5  # every tiny eval item was answered and scored
         assert s["efficiency"]["latency_p95_ms"] > 0 and s["efficiency"]["peak_rss_mb"] > 0
+    agreement = {s["name"]: s["quality"].get("teacher_agreement") for s in on_disk["strategies"]}
+    assert agreement["teacher"] is None  # not compared with itself
+    assert all(0.0 <= agreement[n] <= 1.0 for n in ("student-ft", "student-kd"))
     trained = {s["name"]: s["training"] for s in on_disk["strategies"]}
     assert trained["student-kd"]["steps"] == 3 and trained["student-kd"]["wall_s"] > 0
     assert trained["teacher"]["wall_s"] is None  # nothing trained
@@ -72,6 +75,15 @@ def test_compare_end_to_end_and_resume(tiny_task, tiny_teacher_dir, tmp_path):
     assert json.loads((out / "stage_times.json").read_text()) == times_before
     assert sum("skipping" in line for line in logs) == 6  # 3 trainings + 3 evaluations
     assert again["recommendation"]["strategy"] == report["recommendation"]["strategy"]
+
+
+def test_teacher_agreement_joins_answers_on_item_id():
+    teacher = {"a": "Refunds take 10 days.", "b": "The Pro plan costs $49."}
+    assert teacher_agreement_of(dict(teacher), teacher) == 1.0
+    assert teacher_agreement_of({"a": "completely different words"}, teacher) == 0.0
+    half = teacher_agreement_of({"a": "Refunds take 10 days.", "b": "no"}, teacher)
+    assert half == 0.5
+    assert teacher_agreement_of({"zzz": "x"}, teacher) is None
 
 
 def test_compare_refuses_to_mix_different_data(tiny_task, tiny_teacher_dir, tmp_path):

@@ -24,7 +24,8 @@ import httpx
 import openai
 import pytest
 
-TINY_TASK = Path(__file__).parent / "data" / "tiny-task"
+from conftest import TINY_TASK, build_tiny_llama
+
 KEY_ENV = "DISTILLTUNE_TEST_SERVE_KEY"
 KEY = "sk-test-5f0c2a"
 
@@ -58,29 +59,9 @@ def _build_llama(tokenizer_dir: Path, out: Path, layers: int, hidden: int, seed:
     """A random Llama with large initial weights: it writes varied text (a conftest tiny model only emits
     newlines) and its greedy choices do not flip with batch shapes, yet it is unsure enough (mean token
     log-prob around -3 for the student) to trigger the cascade."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=hidden,
-        intermediate_size=hidden * 2,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        initializer_range=0.5,
-        max_position_embeddings=1024,
-        tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
-        use_cache=True,
+    return build_tiny_llama(
+        tokenizer_dir, out, layers=layers, hidden=hidden, seed=seed, initializer_range=0.5
     )
-    torch.manual_seed(seed)
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -34,12 +34,39 @@ def _print_outcome(report: dict, output: Path) -> None:
         out.print(f"serve it: {rec['serve_command']}")
 
 
-def _run(cfg) -> None:
+def _print_samples(report: dict, output: Path, n: int = 3) -> None:
+    """A few eval questions with the teacher's answer and the recommended strategy's (as saved, redacted)."""
+    from distilltune.io import read_jsonl
+
+    def answers(name: str) -> dict[str, dict]:
+        path = output / "evals" / name / "items.jsonl"
+        rows = read_jsonl(path) if path.is_file() else []
+        return {r["id"]: r for r in rows if r.get("suite") == "eval" and "id" in r}
+
+    teacher = answers("teacher")
+    rec = (report.get("recommendation") or {}).get("strategy")
+    other = answers(rec) if rec and rec != "teacher" else {}
+    shown = [r for r in teacher.values() if not r.get("expected_refusal")][:n]
+    if not shown:
+        return
+    out.print("\nsample answers (eval items; full list in evals/<strategy>/items.jsonl):")
+    for r in shown:
+        question = next((m["content"] for m in reversed(r.get("prompt", [])) if m.get("role") == "user"), "")
+        out.print(f"  Q: {question}", markup=False, highlight=False)
+        out.print(f"    teacher: {' '.join(str(r.get('answer', '')).split())}", markup=False, highlight=False)
+        if r["id"] in other:
+            text = " ".join(str(other[r["id"]].get("answer", "")).split())
+            out.print(f"    {rec}: {text}", markup=False, highlight=False)
+
+
+def _run(cfg, samples: bool = False) -> None:
     from distilltune.compare.run import run_compare
     from distilltune.runtime import ensure_fast_allocator
 
     ensure_fast_allocator()
     report = run_compare(cfg, log=lambda m: console.print(m, markup=False, highlight=False))
+    if samples:
+        _print_samples(report, Path(cfg.output))
     _print_outcome(report, Path(cfg.output))
 
 
@@ -105,4 +132,4 @@ def register(app: typer.Typer) -> None:
         """Run the main job on the bundled example task (compare --preset quick) and print the recommendation."""
         values = {"task": str(_example_task()), "output": str(output), "preset": preset}
         cfg = build_config(CompareConfig, None, values, overrides, print_config)
-        _run(cfg)
+        _run(cfg, samples=True)

@@ -35,6 +35,7 @@ QUALITY_DETAILS = [
     ("rouge_l", "ROUGE-L"),
     ("refusal_accuracy", "refusal accuracy"),
     ("pass_rate", "pass rate"),
+    ("teacher_agreement", "agreement with teacher"),
 ]
 # The shares eval.json reports under "groundedness" (docs/evaluation.md); its counts stay in report.json.
 GROUNDEDNESS_SHARES = ("grounded", "supported", "citation_validity", "retrieval_recall")

@@ -261,7 +261,40 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
-def strategy_result(cfg: CompareConfig, out: Path, name: str, error: str | None, commands: dict[str, str]):
+def _eval_answers(out: Path, name: str) -> dict[str, str]:
+    """id → the (redacted) answer of every eval item a strategy's evaluation saved."""
+    path = out / "evals" / name / "items.jsonl"
+    if not path.is_file():
+        return {}
+    return {
+        str(r["id"]): r["answer"]
+        for r in read_jsonl(path)
+        if r.get("suite") == "eval" and isinstance(r.get("answer"), str) and "id" in r
+    }
+
+
+def teacher_agreement_of(answers: dict[str, str], teacher_answers: dict[str, str]) -> float | None:
+    """Mean token F1 between a strategy's answers and the base teacher's on the items both answered.
+
+    The teacher's answers come from its own evaluation in the same comparison (same prompts,
+    retrieval and decoding), so agreement costs no extra generation.
+    """
+    from distilltune.evaluation.metrics import teacher_agreement
+
+    shared = sorted(set(answers) & set(teacher_answers))
+    if not shared:
+        return None
+    return sum(teacher_agreement(answers[i], teacher_answers[i]) for i in shared) / len(shared)
+
+
+def strategy_result(
+    cfg: CompareConfig,
+    out: Path,
+    name: str,
+    error: str | None,
+    commands: dict[str, str],
+    teacher_answers: dict[str, str] | None = None,
+):
     from distilltune.compare.report import StrategyResult, curve_from_metrics
 
     s = STRATEGIES[name]
@@ -272,11 +305,16 @@ def strategy_result(cfg: CompareConfig, out: Path, name: str, error: str | None,
     wall = _read_json(out / STAGE_TIMES).get(f"train {name}", summary.get("train_seconds"))
     tps, secs = summary.get("tokens_per_s"), summary.get("train_seconds")
     tokens = int(tps * secs) if isinstance(tps, int | float) and isinstance(secs, int | float) else None
+    ev = _read_json(out / "evals" / name / "eval.json")
+    if teacher_answers and name != "teacher" and isinstance(ev.get("quality"), dict):
+        agreement = teacher_agreement_of(_eval_answers(out, name), teacher_answers)
+        if agreement is not None:
+            ev["quality"]["teacher_agreement"] = agreement
     return StrategyResult(
         name=name,
         description=s.description,
         kind=s.kind,
-        eval=_read_json(out / "evals" / name / "eval.json"),
+        eval=ev,
         wall_s=wall if isinstance(wall, int | float) else None,
         steps=summary.get("final_step"),
         tokens=tokens,
@@ -383,7 +421,8 @@ def run_compare(cfg: CompareConfig, log: Callable[[str], None] | None = None) ->
                 atomic_write_text(out / STAGE_TIMES, json.dumps(times, indent=2) + "\n")
         progress.end(stage, skipped=done)
 
-    results = [strategy_result(cfg, out, n, errors.get(n), commands) for n in cfg.strategies]
+    teacher_answers = _eval_answers(out, "teacher") if "teacher" in cfg.strategies else {}
+    results = [strategy_result(cfg, out, n, errors.get(n), commands, teacher_answers) for n in cfg.strategies]
     commands = {"compare (this report)": _cli_config_command("compare", out / "config.yaml"), **commands}
     report = build_report(results, effective_budgets(task.spec.budgets, cfg), task.name, out, commands)
     log(
