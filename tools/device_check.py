@@ -54,6 +54,24 @@ def build_tiny_llama(tokenizer_dir: Path, out: Path, layers: int, hidden: int, s
     return out
 
 
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def reset_peak() -> None:
+
+    if _cuda():
+        reset_peak()
+
+
+def peak_gpu_mb() -> float | None:
+    import torch
+
+    return round(torch.cuda.max_memory_allocated() / 2**20, 1) if _cuda() else None
+
+
 def first_loss(run_dir: Path) -> float:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
     return next(r["loss"] for r in rows if r.get("type", "train") == "train" and "loss" in r)
@@ -66,8 +84,9 @@ def answer(ref: str, teacher: str | None = None) -> str:
     from distilltune.models.generate import generate_chat
 
     loaded = load_model(ref, teacher=teacher)
-    loaded.model.to("cuda")
-    assert next(loaded.model.parameters()).device.type == "cuda"
+    dev = "cuda" if _cuda() else "cpu"  # cpu: a dry run of this script on a machine without a GPU
+    loaded.model.to(dev)
+    assert next(loaded.model.parameters()).device.type == dev
     with torch.no_grad():
         out = generate_chat(
             loaded.model,
@@ -123,9 +142,6 @@ def main() -> int:
     def parity():
         losses = {}
         for dev, precision in (("cpu", "fp32"), ("cuda", "fp32")):
-            import os
-
-            os.environ["CUDA_VISIBLE_DEVICES"] = "" if dev == "cpu" else "0"
             cfg = FinetuneConfig(
                 task=str(TINY_TASK),
                 model=str(teacher),
@@ -152,7 +168,7 @@ def main() -> int:
         return losses
 
     def lora_bf16():
-        torch.cuda.reset_peak_memory_stats()
+        reset_peak()
         cfg = FinetuneConfig(
             task=str(TINY_TASK),
             model=str(teacher),
@@ -168,12 +184,12 @@ def main() -> int:
             "first_loss": loss,
             "summary_device": summary.get("device"),
             "precision": summary.get("precision"),
-            "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1),
+            "peak_gpu_mb": peak_gpu_mb(),
         }
 
     def distill(mode: str):
         def fn():
-            torch.cuda.reset_peak_memory_stats()
+            reset_peak()
             cfg = DistillConfig(
                 task=str(TINY_TASK),
                 teacher=str(work / "teacher-lora"),
@@ -186,7 +202,7 @@ def main() -> int:
             run_distill(cfg, reporter=SilentReporter())
             loss = first_loss(work / f"student-{mode}")
             assert math.isfinite(loss)
-            return {"first_loss": loss, "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)}
+            return {"first_loss": loss, "peak_gpu_mb": peak_gpu_mb()}
 
         return fn
 
