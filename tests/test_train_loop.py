@@ -238,3 +238,12 @@ def test_method_checks_on_meta_model(tiny_model_dir):
     )
     cfg = FinetuneConfig(task="t", model=str(tiny_model_dir), output="o", method="lora")
     assert "cannot be merged" in check_method(cfg, skeleton, "PREFIX_TUNING")[0].message
+
+
+def test_runs_with_different_precisions_in_one_process():
+    """Accelerate's process-wide state must not pin the first run's precision (compare, notebooks)."""
+    from distilltune.train.loop import make_accelerator
+
+    assert make_accelerator("fp32").mixed_precision == "no"
+    assert make_accelerator("bf16").mixed_precision == "bf16"
+    assert make_accelerator("fp32").mixed_precision == "no"

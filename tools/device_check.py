@@ -62,8 +62,10 @@ def _cuda() -> bool:
 
 def reset_peak() -> None:
 
+    import torch
+
     if _cuda():
-        reset_peak()
+        torch.cuda.reset_peak_memory_stats()
 
 
 def peak_gpu_mb() -> float | None:
@@ -101,6 +103,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokenizer", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--work", type=Path, help="where the runs go (default: OUT/work)")
     a = ap.parse_args()
 
     import torch
@@ -111,7 +114,7 @@ def main() -> int:
     from distilltune.train.finetune import run_finetune
     from distilltune.train.progress import SilentReporter
 
-    work = a.out / "work"
+    work = a.work or a.out / "work"
     work.mkdir(parents=True, exist_ok=True)
     res: dict = {
         "cuda": torch.cuda.is_available(),
@@ -190,7 +193,9 @@ def main() -> int:
     def distill(mode: str):
         def fn():
             reset_peak()
+            extra = {"sequence": {"max_new_tokens": 8}} if mode == "sequence" else {}
             cfg = DistillConfig(
+                **extra,
                 task=str(TINY_TASK),
                 teacher=str(work / "teacher-lora"),
                 student="teacher:n_layers=2",
@@ -210,6 +215,7 @@ def main() -> int:
     check("lora_finetune_bf16", lora_bf16)
     check("distill_cached", distill("cached"))
     check("distill_online", distill("online"))
+    check("distill_sequence", distill("sequence"))
     check("reload_and_generate_student", lambda: answer(str(work / "student-cached")))
     check("reload_and_generate_teacher_lora", lambda: answer(str(work / "teacher-lora")))
     res["ok"] = ok

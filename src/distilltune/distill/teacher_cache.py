@@ -287,6 +287,8 @@ def teacher_topk(
     from distilltune.distill.forward import answer_states
     from distilltune.distill.losses import LOG_FLOOR
 
+    dev = next(model.parameters()).device  # batches are collated on the CPU; the teacher may be on a GPU
+    batch = {k_: batch[k_].to(dev) for k_ in ("input_ids", "attention_mask", "labels")}
     st = answer_states(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
     vals, ids, tails, label_lp = [], [], [], []
     for s in range(0, st.n, chunk_size):
@@ -302,7 +304,7 @@ def teacher_topk(
     if not vals:
         z = torch.zeros(0, k)
         return z, z.long(), torch.zeros(0), torch.zeros(0)
-    return torch.cat(vals), torch.cat(ids), torch.cat(tails), torch.cat(label_lp)
+    return tuple(torch.cat(t).cpu() for t in (vals, ids, tails, label_lp))  # type: ignore[return-value]
 
 
 def _batches(n: int, size: int, lengths: Sequence[int]) -> Iterator[list[int]]:

@@ -105,6 +105,12 @@ def make_accelerator(precision: str = "auto"):
         mixed = None  # chosen by the accelerate config / launcher
     else:
         mixed = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    # Accelerate keeps one process-wide state and refuses a second Accelerator with another precision
+    # (an fp32 run, then a bf16 run, in one process: compare, notebooks). The precision part of that
+    # state is per run here; the process group (PartialState) is kept.
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
     # On a machine without a GPU, Accelerate only forms a multi-process (gloo) group when told cpu=True.
     acc = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
     launched = int(os.environ.get("WORLD_SIZE", "1"))
