@@ -406,6 +406,30 @@ def quality(a) -> dict:
         "train.save_every=50",
         f"train.seed={a.quality_seed}",
     ]
+    if a.quality_rag:
+        train.append("rag=true")  # retrieved context in every prompt, as compare and serve do
+    teacher_ref = a.quality_teacher
+    if a.quality_teacher_lora_steps:
+        # The blend compare runs: adapt the teacher with LoRA first, then distill from it.
+        teacher_ref = str(work / "teacher-lora")
+        lora_train = [t for t in train if not t.startswith(("train.max_steps", "train.lr"))]
+        _cli(
+            [
+                "finetune",
+                "--task",
+                str(TASK),
+                "--model",
+                a.quality_teacher,
+                "--method",
+                "lora",
+                "--output",
+                teacher_ref,
+                "-q",
+                *lora_train,
+                f"train.max_steps={a.quality_teacher_lora_steps}",
+                "train.eval_samples=0",
+            ]
+        )
     kd_dir, ft_dir = work / "student-kd", work / "student-ft"
     _cli(
         [
@@ -413,7 +437,7 @@ def quality(a) -> dict:
             "--task",
             str(TASK),
             "--teacher",
-            a.quality_teacher,
+            teacher_ref,
             "--student",
             a.quality_student,
             "--output",
@@ -447,13 +471,24 @@ def quality(a) -> dict:
     out: dict = {"steps": a.quality_steps, "batch": a.batch, "lr": a.quality_lr, "alpha": a.quality_alpha}
     out["student"] = a.quality_student
     out["seed"] = a.quality_seed
-    out["teacher"] = a.quality_teacher
+    out["teacher"] = teacher_ref
+    out["teacher_lora_steps"] = a.quality_teacher_lora_steps
+    out["rag"] = a.quality_rag
     out["loss"] = a.quality_loss
     refs = {"distilled": str(kd_dir), "label_only": str(ft_dir), "untrained_student": a.quality_student}
-    refs["teacher"] = a.quality_teacher
+    refs["teacher"] = teacher_ref
     for name, ref in refs.items():
         loaded = load_model(ref)
-        r = heldout_ce(loaded.model, loaded.tokenizer, task.eval, task.system_prompt)
+        prompter = None
+        if a.quality_rag:
+            from distilltune.retrieval import GroundedPrompter, KnowledgeIndex
+            from distilltune.retrieval.config import RetrievalConfig
+
+            rc = RetrievalConfig()  # the training runs' default retrieval settings
+            prompter = GroundedPrompter.from_config(
+                task.system_prompt, loaded.tokenizer, KnowledgeIndex.open(task, rc), rc
+            )
+        r = heldout_ce(loaded.model, loaded.tokenizer, task.eval, task.system_prompt, prompter=prompter)
         out[name] = {
             "ref": ref,
             "heldout_ce": round(r["ce"], 4),
@@ -475,14 +510,14 @@ def quality(a) -> dict:
     from distilltune.distill.teacher_cache import ensure_teacher_cache
     from distilltune.train.data import build_examples
 
-    teacher = load_model(a.quality_teacher)
+    teacher = load_model(teacher_ref)
     from distilltune.train.methods import merge_if_adapter
 
     teacher_model = merge_if_adapter(teacher.model).eval()
     examples, _ = build_examples(task.train, teacher.tokenizer, task.system_prompt, 512)
     examples = examples[:64]
     cache = ensure_teacher_cache(
-        teacher_ref=a.quality_teacher,
+        teacher_ref=teacher_ref,
         tokenizer=teacher.tokenizer,
         examples=examples,
         k=K_ERROR,
@@ -519,6 +554,15 @@ def main() -> None:
     ap.add_argument("--quality-loss", default="fkl")
     ap.add_argument("--quality-teacher", default=TEACHER)
     ap.add_argument("--quality-seed", type=int, default=0, help="data order and initialisation seed")
+    ap.add_argument(
+        "--quality-rag", action="store_true", help="retrieved context in training and held-out prompts"
+    )
+    ap.add_argument(
+        "--quality-teacher-lora-steps",
+        type=int,
+        default=0,
+        help="LoRA-fine-tune the teacher this many steps first and distill from it (0: the teacher as is)",
+    )
     ap.add_argument(
         "--quality-student",
         default=f"{TEACHER}:n_layers=6",
