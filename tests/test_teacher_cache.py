@@ -172,6 +172,26 @@ def test_teacher_fingerprint_follows_weight_content(tiny_teacher_dir, tmp_path):
     assert spec not in (a,)
 
 
+def test_teacher_fingerprint_ignores_the_order_peft_writes_target_modules_in(tiny_teacher_dir, tmp_path):
+    """Identical LoRA adapters must share a cache: PEFT writes target_modules in set order."""
+    import shutil
+
+    dirs = []
+    for i, modules in enumerate((["q_proj", "v_proj"], ["v_proj", "q_proj"])):
+        d = tmp_path / f"adapter-{i}"
+        d.mkdir()
+        shutil.copy(tiny_teacher_dir / "model.safetensors", d / "adapter_model.safetensors")
+        cfg = {"peft_type": "LORA", "r": 8, "target_modules": modules}
+        cfg["base_model_name_or_path"] = str(tiny_teacher_dir)
+        (d / "adapter_config.json").write_text(json.dumps(cfg, indent=1 + i))
+        dirs.append(d)
+    a, b = (teacher_fingerprint(str(d)) for d in dirs)
+    assert a == b
+    cfg["r"] = 16  # a real change still changes the key
+    (dirs[1] / "adapter_config.json").write_text(json.dumps(cfg))
+    assert teacher_fingerprint(str(dirs[1])) != a
+
+
 def test_ensure_builds_once_then_reuses_without_loading_the_teacher(
     teacher, examples, tokenizer, tiny_teacher_dir, tmp_path
 ):

@@ -66,6 +66,24 @@ def _sha256_file(path: Path, memo: dict) -> str:
     return digest
 
 
+# Config fields that are sets written as lists: PEFT saves target_modules in set order, which differs
+# from run to run, so identical adapters would otherwise get different cache keys.
+_SET_FIELDS = ("target_modules", "modules_to_save", "exclude_modules")
+
+
+def _config_digest(path: Path) -> str:
+    """Hash of a JSON config's content, independent of key order and of set-like fields' order."""
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, OSError):
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    if isinstance(data, dict):
+        for key in _SET_FIELDS:
+            if isinstance(data.get(key), list):
+                data[key] = sorted(data[key], key=str)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
 _CONFIG_NAMES = ("config.json", "adapter_config.json", "generation_config.json")
 
@@ -112,7 +130,8 @@ def teacher_fingerprint(ref: str, memo_path: Path | None = None) -> str:
             if not files:
                 raise UserError(f"{path}: no weight files to fingerprint the teacher")
             for p in files:
-                h.update(p.name.encode() + b"\0" + _sha256_file(p, memo).encode())
+                digest = _config_digest(p) if p.suffix == ".json" else _sha256_file(p, memo)
+                h.update(p.name.encode() + b"\0" + digest.encode())
             if kind == "adapter":
                 cfg = json.loads((path / "adapter_config.json").read_text())
                 base = cfg.get("base_model_name_or_path")
