@@ -3,51 +3,19 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
-from distilltune.distill.config import DistillConfig
+from distill_helpers import distill_cfg, load_artifact
 from distilltune.distill.distill import run_distill
 from distilltune.io import read_jsonl
 from distilltune.train.progress import SilentReporter
-
-FAST_TRAIN = {
-    "max_steps": 3,
-    "batch_size": 4,
-    "warmup_steps": 0,
-    "eval_every": 0,
-    "eval_samples": 2,
-    "eval_loss_items": 5,
-    "eval_max_new_tokens": 4,
-    "save_every": 0,
-    "max_length": 128,
-}
-
-
-def _cfg(task, teacher, out, **kw) -> DistillConfig:
-    data = {
-        "task": str(task),
-        "teacher": str(teacher),
-        "student": "teacher:n_layers=2",
-        "output": str(out),
-        "train": {**FAST_TRAIN, **kw.pop("train", {})},
-        "cache": {"dir": str(Path(out).parent / "cache"), **kw.pop("cache", {})},
-        **kw,
-    }
-    return DistillConfig.model_validate(data)
-
-
-def _load_artifact(out: Path):
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(str(out / "model"))
 
 
 @pytest.mark.parametrize("mode", ["online", "on-policy"])
 def test_online_and_on_policy_modes(tiny_task, tiny_teacher_dir, tmp_path, mode):
     out = tmp_path / mode
-    cfg = _cfg(
+    cfg = distill_cfg(
         tiny_task,
         tiny_teacher_dir,
         out,
@@ -57,7 +25,7 @@ def test_online_and_on_policy_modes(tiny_task, tiny_teacher_dir, tmp_path, mode)
         train={"max_steps": 4},
     )
     run_distill(cfg, reporter=SilentReporter())
-    _load_artifact(out)
+    load_artifact(out)
     rows = [r for r in read_jsonl(out / "metrics.jsonl") if r.get("type") == "train"]
     assert all(r["kd"] > 0 for r in rows)
     if mode == "on-policy":
@@ -67,7 +35,7 @@ def test_online_and_on_policy_modes(tiny_task, tiny_teacher_dir, tmp_path, mode)
 
 def test_hidden_state_term_with_a_narrower_student(tiny_task, tiny_teacher_dir, tiny_model_dir, tmp_path):
     out = tmp_path / "hidden"
-    cfg = _cfg(
+    cfg = distill_cfg(
         tiny_task,
         tiny_teacher_dir,
         out,
@@ -83,13 +51,15 @@ def test_hidden_state_term_with_a_narrower_student(tiny_task, tiny_teacher_dir, 
 
     weights = load_file(out / "model" / "model.safetensors")
     assert not any("distill_projection" in k for k in weights)
-    _load_artifact(out)
+    load_artifact(out)
 
 
 def test_sequence_mode_with_patch(tiny_task, tiny_teacher_dir, tmp_path):
     out = tmp_path / "seq"
     seq = {"max_new_tokens": 6, "drop_truncated": False, "max_ngram_repeats": 50}
-    cfg = _cfg(tiny_task, tiny_teacher_dir, out, mode="sequence", sequence={**seq, "generate_only": True})
+    cfg = distill_cfg(
+        tiny_task, tiny_teacher_dir, out, mode="sequence", sequence={**seq, "generate_only": True}
+    )
     run_distill(cfg, reporter=SilentReporter())
     review = out / "sequence" / "teacher_answers.jsonl"
     records = [json.loads(line) for line in review.read_text().splitlines()]
@@ -103,7 +73,9 @@ def test_sequence_mode_with_patch(tiny_task, tiny_teacher_dir, tmp_path):
         + json.dumps({"id": kept[1]["id"], "drop": True})
         + "\n"
     )
-    cfg2 = _cfg(tiny_task, tiny_teacher_dir, out, mode="sequence", sequence={**seq, "patch": str(patch)})
+    cfg2 = distill_cfg(
+        tiny_task, tiny_teacher_dir, out, mode="sequence", sequence={**seq, "patch": str(patch)}
+    )
     run_distill(cfg2, reporter=SilentReporter())  # after review: no --resume needed, config may change
     assert (out / ".complete").exists()
     summary = json.loads((out / "train_summary.json").read_text())["sequence"]
@@ -111,4 +83,4 @@ def test_sequence_mode_with_patch(tiny_task, tiny_teacher_dir, tmp_path):
     trained = [json.loads(line) for line in (out / "sequence" / "train_data.jsonl").read_text().splitlines()]
     fixed = next(r for r in trained if r["id"] == kept[0]["id"])
     assert fixed["messages"][-1]["content"] == "The shop opens at 9 am." and fixed["origin"] == "patch"
-    _load_artifact(out)
+    load_artifact(out)

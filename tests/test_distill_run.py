@@ -4,56 +4,24 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
 
-from distilltune.distill.config import DistillConfig
+from distill_helpers import FAST_TRAIN, distill_cfg, load_artifact
 from distilltune.distill.distill import run_distill
 from distilltune.errors import UserError
 from distilltune.io import read_jsonl
 from distilltune.train.progress import SilentReporter
 
-FAST_TRAIN = {
-    "max_steps": 3,
-    "batch_size": 4,
-    "warmup_steps": 0,
-    "eval_every": 0,
-    "eval_samples": 2,
-    "eval_loss_items": 5,
-    "eval_max_new_tokens": 4,
-    "save_every": 0,
-    "max_length": 128,
-}
-
-
-def _cfg(task, teacher, out, **kw) -> DistillConfig:
-    data = {
-        "task": str(task),
-        "teacher": str(teacher),
-        "student": "teacher:n_layers=2",
-        "output": str(out),
-        "train": {**FAST_TRAIN, **kw.pop("train", {})},
-        "cache": {"dir": str(Path(out).parent / "cache"), **kw.pop("cache", {})},
-        **kw,
-    }
-    return DistillConfig.model_validate(data)
-
-
-def _load_artifact(out: Path):
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(str(out / "model"))
-
 
 def test_cached_kd_end_to_end(tiny_task, tiny_teacher_dir, tmp_path):
     out = tmp_path / "run"
-    cfg = _cfg(tiny_task, tiny_teacher_dir, out, loss="jsd", cache={"k": 8})
+    cfg = distill_cfg(tiny_task, tiny_teacher_dir, out, loss="jsd", cache={"k": 8})
     assert run_distill(cfg, reporter=SilentReporter()) == out
     for name in ("config.yaml", "metrics.jsonl", "README.md", "train_summary.json", ".complete"):
         assert (out / name).is_file(), name
-    model = _load_artifact(out)
+    model = load_artifact(out)
     assert model.config.num_hidden_layers == 2
     rows = [r for r in read_jsonl(out / "metrics.jsonl") if r.get("type") == "train"]
     assert len(rows) == 3 and all("kd" in r and "ce" in r for r in rows)
@@ -79,7 +47,9 @@ def test_cached_kd_end_to_end(tiny_task, tiny_teacher_dir, tmp_path):
 def test_second_strategy_reuses_the_cache_without_loading_the_teacher(
     tiny_task, tiny_teacher_dir, tmp_path, monkeypatch
 ):
-    run_distill(_cfg(tiny_task, tiny_teacher_dir, tmp_path / "a", loss="fkl"), reporter=SilentReporter())
+    run_distill(
+        distill_cfg(tiny_task, tiny_teacher_dir, tmp_path / "a", loss="fkl"), reporter=SilentReporter()
+    )
     import distilltune.distill.distill as dd
 
     def no_teacher(*a, **k):
@@ -87,7 +57,7 @@ def test_second_strategy_reuses_the_cache_without_loading_the_teacher(
 
     monkeypatch.setattr(dd, "load_teacher", no_teacher)
     out = run_distill(
-        _cfg(tiny_task, tiny_teacher_dir, tmp_path / "b", loss="rkl"), reporter=SilentReporter()
+        distill_cfg(tiny_task, tiny_teacher_dir, tmp_path / "b", loss="rkl"), reporter=SilentReporter()
     )
     a = json.loads((tmp_path / "a" / "train_summary.json").read_text())["teacher_cache"]
     b = json.loads((out / "train_summary.json").read_text())["teacher_cache"]
@@ -106,17 +76,19 @@ def test_vocabulary_mismatch_is_reported_before_training(
     tok.save_pretrained(other)
     out = tmp_path / "run"
     with pytest.raises(UserError) as e:
-        run_distill(_cfg(tiny_task, tiny_teacher_dir, out, student=str(other)), reporter=SilentReporter())
+        run_distill(
+            distill_cfg(tiny_task, tiny_teacher_dir, out, student=str(other)), reporter=SilentReporter()
+        )
     assert "different vocabularies" in "\n".join(str(p) for p in e.value.problems)
     assert not out.exists()  # nothing was written
 
 
 def test_config_problems_are_collected(tiny_task, tiny_teacher_dir, tmp_path):
     with pytest.raises(Exception, match="hidden-state distillation needs the live teacher"):
-        _cfg(tiny_task, tiny_teacher_dir, tmp_path / "x", hidden={"weight": 1.0})
+        distill_cfg(tiny_task, tiny_teacher_dir, tmp_path / "x", hidden={"weight": 1.0})
     with pytest.raises(UserError) as e:
         run_distill(
-            _cfg(
+            distill_cfg(
                 tmp_path / "no-task",
                 tiny_teacher_dir,
                 tmp_path / "x",
@@ -133,18 +105,18 @@ def test_config_problems_are_collected(tiny_task, tiny_teacher_dir, tmp_path):
 def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_task, tiny_teacher_dir, tmp_path):
     train = {"max_steps": 4, "save_every": 2, "keep_last": 5, "eval_samples": 0, "eval_loss_items": 0}
     full = tmp_path / "full"
-    run_distill(_cfg(tiny_task, tiny_teacher_dir, full, train=train), reporter=SilentReporter())
+    run_distill(distill_cfg(tiny_task, tiny_teacher_dir, full, train=train), reporter=SilentReporter())
     # an interrupted run: the config and the step-2 checkpoint exist, nothing else
     cut = tmp_path / "cut"
     cut.mkdir()
-    cfg = _cfg(tiny_task, tiny_teacher_dir, cut, train=train)
+    cfg = distill_cfg(tiny_task, tiny_teacher_dir, cut, train=train)
     (cut / "config.yaml").write_text((full / "config.yaml").read_text().replace(str(full), str(cut)))
     shutil.copytree(full / "checkpoints" / "step-2", cut / "checkpoints" / "step-2")
     with pytest.raises(UserError) as e:
         run_distill(cfg, reporter=SilentReporter())
     assert "unfinished run; pass --resume" in str(e.value.problems[0])
     run_distill(cfg, resume=True, reporter=SilentReporter())
-    a, b = _load_artifact(full).state_dict(), _load_artifact(cut).state_dict()
+    a, b = load_artifact(full).state_dict(), load_artifact(cut).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     summary = json.loads((cut / "train_summary.json").read_text())
     assert summary["resumed_from"] == 2
