@@ -27,23 +27,26 @@ demo: $(STAMP)
 	$(BIN)/distilltune demo
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks tools
 	$(BIN)/pytest -q
 
 test-slow: $(STAMP)
 	$(BIN)/pytest -q -m slow
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks tools
+	$(BIN)/ruff format --check src tests benchmarks tools
 
 format: $(STAMP)
-	$(BIN)/ruff format src tests benchmarks
-	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks tools
+	$(BIN)/ruff check --fix src tests benchmarks tools
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/distill.py
+	$(BIN)/python benchmarks/distill.py --quality --quality-rag --quality-teacher-lora-steps 16 \
+		--quality-steps 40 --batch 4 --quality-eval-samples 32
+	$(BIN)/python benchmarks/demo.py
 	$(BIN)/python benchmarks/serve.py
 
 clean:

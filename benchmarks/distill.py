@@ -16,9 +16,11 @@ same tuned allocator for every side. Each part runs in its own subprocess so pea
 
 ``--quality`` runs the issue's acceptance comparison instead: from the CLI on the bundled task, a
 cached-KD student and the same student fine-tuned on the labels only, for the same number of steps
-(same seed, batch, learning rate); both are scored by cross-entropy on *every* eval answer
-(``distilltune.distill.heldout``) and their fact recall is read from their model cards / summaries.
-Writes results/distill_quality.json.
+(same starting student, seed, batch, learning rate); both are scored by cross-entropy on *every* eval
+answer (``distilltune.distill.heldout``) and their fact recall is read from their model cards / summaries.
+``--quality-rag`` puts retrieved context in training and scoring prompts (as compare and serve do) and
+``--quality-teacher-lora-steps N`` adapts the teacher with LoRA first (the blend compare runs).
+Writes results/distill_quality.json (``--name`` changes the prefix).
 
 Tokens/s counts every non-padding token of a batch (8 × 128 here) on every side. Time per epoch is
 measured over a full epoch in the full run; ``--quick`` extrapolates it from the timed steps.
@@ -29,7 +31,10 @@ cached ≥ 3× TRL tokens/s at ≤ 0.55× its peak RSS.
 
     python benchmarks/distill.py            # full run (tens of minutes), writes results/distill.json
     python benchmarks/distill.py --quick    # 1 warm-up + 3 timed steps per part (checks the harness)
-    python benchmarks/distill.py --quality --quality-steps 150   # distilled vs label-only student
+    # distilled vs label-only student, as results/distill_quality.json was measured: retrieved context,
+    # teacher LoRA-adapted for 16 steps first, 40 updates of batch 4 each
+    python benchmarks/distill.py --quality --quality-rag --quality-teacher-lora-steps 16 \
+        --quality-steps 40 --batch 4 --quality-eval-samples 32
 """
 
 from __future__ import annotations
