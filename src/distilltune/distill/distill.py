@@ -332,7 +332,7 @@ def run_distill(cfg: DistillConfig, resume: bool = False, reporter: Reporter | N
             task.train, tokenizer, task.system_prompt, cfg.train.max_length, prompter
         )
     if main:
-        reporter.message(f"training data: {stats.line()}")
+        reporter.message(f"training data: {stats.line()}" + (" (with retrieved context)" if cfg.rag else ""))
     if cfg.mode in ("online", "on-policy"):
         teacher, _ = load_teacher(cfg, acc.device)
     if cfg.uses_cache:
