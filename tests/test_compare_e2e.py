@@ -107,3 +107,34 @@ def test_compare_config_presets_and_errors():
         CompareConfig.model_validate({"task": "t", "output": "o", "teacher": "x"}).student_spec()
         == "x:n_layers=6"
     )
+
+
+def test_demo_prints_teacher_and_recommended_answers(tmp_path, capsys):
+    from distilltune.cli.compare_cmd import _print_samples
+
+    def write(name, rows):
+        d = tmp_path / "evals" / name
+        d.mkdir(parents=True)
+        (d / "items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    q = [{"role": "user", "content": "How long do refunds take?"}]
+    write(
+        "teacher",
+        [
+            {
+                "suite": "eval",
+                "id": "e1",
+                "prompt": q,
+                "answer": "Refunds take 10 days.",
+                "expected_refusal": False,
+            },
+            {"suite": "eval", "id": "e2", "prompt": q, "answer": "I can't help.", "expected_refusal": True},
+            {"suite": "scenarios", "id": "s1", "prompt": q, "answer": "scenario answer"},
+        ],
+    )
+    write("student-kd", [{"suite": "eval", "id": "e1", "prompt": q, "answer": "Ten days."}])
+    _print_samples({"recommendation": {"strategy": "student-kd"}}, tmp_path)
+    printed = capsys.readouterr().out
+    assert "How long do refunds take?" in printed and "teacher: Refunds take 10 days." in printed
+    assert "student-kd: Ten days." in printed
+    assert "I can't help." not in printed and "scenario answer" not in printed  # refusal items, other suites

@@ -36,16 +36,11 @@ def _print_outcome(report: dict, output: Path) -> None:
 
 def _print_samples(report: dict, output: Path, n: int = 3) -> None:
     """A few eval questions with the teacher's answer and the recommended strategy's (as saved, redacted)."""
-    from distilltune.io import read_jsonl
+    from distilltune.compare.run import eval_items
 
-    def answers(name: str) -> dict[str, dict]:
-        path = output / "evals" / name / "items.jsonl"
-        rows = read_jsonl(path) if path.is_file() else []
-        return {r["id"]: r for r in rows if r.get("suite") == "eval" and "id" in r}
-
-    teacher = answers("teacher")
+    teacher = eval_items(output, "teacher")
     rec = (report.get("recommendation") or {}).get("strategy")
-    other = answers(rec) if rec and rec != "teacher" else {}
+    other = eval_items(output, rec) if rec and rec != "teacher" else {}
     shown = [r for r in teacher.values() if not r.get("expected_refusal")][:n]
     if not shown:
         return
@@ -125,7 +120,9 @@ def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo(
         output: Path = typer.Option(Path("demo-output"), "--output", "-o", help="Where the comparison goes."),
-        preset: str = typer.Option("quick", help="quick (about 12 minutes on 2 idle cores, first run included) or full (hours)."),
+        preset: str = typer.Option(
+            "quick", help="quick (about 12 minutes on 2 idle cores, first run included) or full (hours)."
+        ),
         print_config: bool = PRINT_CONFIG_OPT,
         overrides: list[str] = OVERRIDES_ARG,
     ) -> None:

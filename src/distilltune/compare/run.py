@@ -261,16 +261,16 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
-def _eval_answers(out: Path, name: str) -> dict[str, str]:
-    """id → the (redacted) answer of every eval item a strategy's evaluation saved."""
+def eval_items(out: Path, name: str) -> dict[str, dict]:
+    """id → the saved (redacted) record of every eval item a strategy's evaluation answered."""
     path = out / "evals" / name / "items.jsonl"
     if not path.is_file():
         return {}
-    return {
-        str(r["id"]): r["answer"]
-        for r in read_jsonl(path)
-        if r.get("suite") == "eval" and isinstance(r.get("answer"), str) and "id" in r
-    }
+    return {str(r["id"]): r for r in read_jsonl(path) if r.get("suite") == "eval" and "id" in r}
+
+
+def _eval_answers(out: Path, name: str) -> dict[str, str]:
+    return {i: r["answer"] for i, r in eval_items(out, name).items() if isinstance(r.get("answer"), str)}
 
 
 def teacher_agreement_of(answers: dict[str, str], teacher_answers: dict[str, str]) -> float | None:
