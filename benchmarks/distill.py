@@ -482,17 +482,18 @@ def quality(a) -> dict:
     out["loss"] = a.quality_loss
     refs = {"distilled": str(kd_dir), "label_only": str(ft_dir), "untrained_student": a.quality_student}
     refs["teacher"] = teacher_ref
+    index = None
+    if a.quality_rag:
+        from distilltune.retrieval import GroundedPrompter, KnowledgeIndex
+        from distilltune.retrieval.config import RetrievalConfig
+
+        rc = RetrievalConfig()  # the training runs' default retrieval settings
+        index = KnowledgeIndex.open(task, rc)  # once: every model is scored on the same retrieval
     for name, ref in refs.items():
         loaded = load_model(ref)
         prompter = None
-        if a.quality_rag:
-            from distilltune.retrieval import GroundedPrompter, KnowledgeIndex
-            from distilltune.retrieval.config import RetrievalConfig
-
-            rc = RetrievalConfig()  # the training runs' default retrieval settings
-            prompter = GroundedPrompter.from_config(
-                task.system_prompt, loaded.tokenizer, KnowledgeIndex.open(task, rc), rc
-            )
+        if index is not None:
+            prompter = GroundedPrompter.from_config(task.system_prompt, loaded.tokenizer, index, rc)
         r = heldout_ce(loaded.model, loaded.tokenizer, task.eval, task.system_prompt, prompter=prompter)
         out[name] = {
             "ref": ref,
