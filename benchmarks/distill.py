@@ -454,6 +454,7 @@ def quality(a) -> dict:
             "-q",
             *train,
             f"alpha={a.quality_alpha}",
+            f"positions={a.quality_positions}",
             *([f"cache.dir={a.quality_cache_dir}"] if a.quality_cache_dir else []),
         ]
     )
@@ -480,6 +481,7 @@ def quality(a) -> dict:
     out["teacher_lora_steps"] = a.quality_teacher_lora_steps
     out["rag"] = a.quality_rag
     out["loss"] = a.quality_loss
+    out["positions"] = a.quality_positions
     refs = {"distilled": str(kd_dir), "label_only": str(ft_dir), "untrained_student": a.quality_student}
     refs["teacher"] = teacher_ref
     index = None
@@ -558,6 +560,12 @@ def main() -> None:
     ap.add_argument("--quality-lr", type=float, default=1e-3)
     ap.add_argument("--quality-alpha", type=float, default=0.5)
     ap.add_argument("--quality-loss", default="fkl")
+    ap.add_argument(
+        "--quality-positions",
+        default="all",
+        choices=["all", "answer"],
+        help="distill at every token the teacher reads (the default) or at the answer tokens only",
+    )
     ap.add_argument("--quality-teacher", default=TEACHER)
     ap.add_argument("--quality-seed", type=int, default=0, help="data order and initialisation seed")
     ap.add_argument(

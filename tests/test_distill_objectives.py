@@ -70,14 +70,15 @@ def _assert_same(a, b):
         assert a[1][k] > 0.1 and a[1][k] == pytest.approx(b[1][k], rel=1e-5)
 
 
+@pytest.mark.parametrize("positions", ["answer", "all"])
 @pytest.mark.parametrize("alpha", [0.0, 0.5])
 def test_cached_objective_fast_path_equals_wrapped_path(
-    models, batch_and_examples, tokenizer, tmp_path, alpha
+    models, batch_and_examples, tokenizer, tmp_path, alpha, positions
 ):
     teacher, student = models
     batch, examples = batch_and_examples
     cache = build_teacher_cache(
-        teacher, examples, tmp_path / "c", key="o", k=8, pad_id=tokenizer.pad_token_id
+        teacher, examples, tmp_path / "c", key="o", k=8, pad_id=tokenizer.pad_token_id, positions=positions
     )
     obj = CachedKD(cache, KDParams(loss="jsd", alpha=alpha, chunk_size=7))
     net = AnswerLogitsModel(student)
@@ -85,33 +86,75 @@ def test_cached_objective_fast_path_equals_wrapped_path(
     wrapped = _loss_and_grads(obj, Wrapped(net), student, batch)
     _assert_same(fast, wrapped)
     assert fast[1]["answer_tokens"] == float((batch["labels"][:, 1:] != -100).sum())
+    if positions == "all":  # every real token predicts its successor
+        assert fast[1]["kd_positions"] == float((batch["attention_mask"].sum(1) - 1).sum())
+    else:
+        assert "kd_positions" not in fast[1]
 
 
-def test_online_objective_fast_path_equals_wrapped_path(models, batch_and_examples):
+@pytest.mark.parametrize("positions", ["answer", "all"])
+def test_online_objective_fast_path_equals_wrapped_path(models, batch_and_examples, positions):
     teacher, student = models
     batch, _ = batch_and_examples
-    obj = OnlineKD(teacher, KDParams(loss="srkl", alpha=0.3, temperature=2.0, chunk_size=5))
+    obj = OnlineKD(
+        teacher, KDParams(loss="srkl", alpha=0.3, temperature=2.0, chunk_size=5, positions=positions)
+    )
     net = AnswerLogitsModel(student)
     _assert_same(
         _loss_and_grads(obj, net, student, batch), _loss_and_grads(obj, Wrapped(net), student, batch)
     )
 
 
-def test_cached_with_the_whole_vocabulary_equals_online(models, batch_and_examples, tokenizer, tmp_path):
+@pytest.mark.parametrize("alpha", [0.0, 0.4, 1.0])
+def test_all_positions_loss_is_ce_on_answers_plus_kd_on_every_token(models, batch_and_examples, alpha):
+    """Reference from full forwards: alpha·mean CE over the answer tokens + (1-alpha)·mean KD over every
+    real position (prompt included), padding excluded."""
+    from distilltune.distill.losses import kd_loss
+
+    teacher, student = models
+    batch, _ = batch_and_examples
+    obj = OnlineKD(teacher, KDParams(loss="fkl", alpha=alpha, chunk_size=6, positions="all"))
+    got = _loss_and_grads(obj, AnswerLogitsModel(student), student, batch)
+
+    student.zero_grad(set_to_none=True)
+    ids, am, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    s = student(input_ids=ids, attention_mask=am).logits[:, :-1]
+    with torch.no_grad():
+        t = teacher(input_ids=ids, attention_mask=am).logits[:, :-1]
+    real = am[:, 1:].bool() & am[:, :-1].bool()
+    assert real.sum() > 2 * (labels[:, 1:] != -100).sum()  # the prompt really adds positions
+    kd = kd_loss(s[real], t[real], reduction="mean")
+    ce = torch.nn.functional.cross_entropy(s.reshape(-1, s.shape[-1]), labels[:, 1:].reshape(-1))
+    ref = alpha * ce + (1 - alpha) * kd
+    ref.backward()
+    torch.testing.assert_close(got[0], ref.detach(), rtol=1e-5, atol=1e-6)
+    for n, p in student.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(got[2][n], p.grad, rtol=1e-4, atol=1e-6)
+    assert got[1]["kd"] == pytest.approx(float(kd), rel=1e-5)
+    assert got[1]["ce"] == pytest.approx(float(ce), rel=1e-5)
+
+
+@pytest.mark.parametrize("positions", ["answer", "all"])
+def test_cached_with_the_whole_vocabulary_equals_online(
+    models, batch_and_examples, tokenizer, tmp_path, positions
+):
     teacher, student = models
     batch, examples = batch_and_examples
     vocab = student.get_output_embeddings().weight.shape[0]
     sub = [examples[i] for i in batch["index"].tolist()]
     cache = build_teacher_cache(
-        teacher, sub, tmp_path / "full", key="v", k=vocab, pad_id=tokenizer.pad_token_id
+        teacher, sub, tmp_path / "full", key="v", k=vocab, pad_id=tokenizer.pad_token_id, positions=positions
     )
     b = dict(batch, index=torch.arange(len(sub)))
-    params = KDParams(loss="fkl", alpha=0.0)
+    params = KDParams(loss="fkl", alpha=0.3, positions=positions)
     net = AnswerLogitsModel(student)
     cached = _loss_and_grads(CachedKD(cache, params), net, student, b)
     online = _loss_and_grads(OnlineKD(teacher, params), net, student, b)
     # fp16 storage of the teacher's log-probs is the only difference
     torch.testing.assert_close(cached[0], online[0], rtol=2e-3, atol=2e-3)
+    for n in cached[2]:
+        torch.testing.assert_close(cached[2][n], online[2][n], rtol=2e-2, atol=2e-4)
 
 
 def test_cache_for_other_data_is_refused(models, batch_and_examples, tokenizer, tmp_path):

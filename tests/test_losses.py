@@ -357,3 +357,36 @@ def test_chunked_head_uses_a_given_gradient():
         hidden.grad = weight.grad = None
     torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
+def test_closed_form_gradient_skips_ce_where_nothing_is_labelled(alpha):
+    """Prompt positions (target IGNORE_INDEX) get the KD term only, in value and gradient."""
+    from distilltune.distill.losses import topk_kd_ce_with_grad
+
+    g = torch.Generator().manual_seed(9)
+    n, v, k = 8, 60, 5
+    vals, ids, tail = _topk(torch.randn(n, v, generator=g) * 3, k)
+    targets = torch.randint(0, v, (n,), generator=g)
+    targets[:5] = IGNORE_INDEX
+    s = (torch.randn(n, v, generator=g) * 2).requires_grad_(True)
+    kd = topk_kd_loss(s, vals, ids, tail, reduction="sum")
+    ce = F.cross_entropy(s, targets, ignore_index=IGNORE_INDEX, reduction="sum")
+    ref = mix_with_ce(kd, ce, alpha)
+    ref.backward()
+    value, _kd, ce_v, grad = topk_kd_ce_with_grad(s.detach(), vals, ids, tail, targets, alpha=alpha)
+    torch.testing.assert_close(value, ref.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ce_v, ce.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad, s.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_mix_weights_average_each_term_over_its_own_positions():
+    from distilltune.distill.losses import mix_weights
+
+    a, scale = mix_weights(0.5, 10, 10)  # answer positions only: the plain mix over one count
+    assert a == pytest.approx(0.5) and scale == pytest.approx(0.1)
+    a, scale = mix_weights(0.5, 10, 40)
+    assert scale * a == pytest.approx(0.5 / 10) and scale * (1 - a) == pytest.approx(0.5 / 40)
+    assert mix_weights(0.5, 0, 40) == (0.0, pytest.approx(0.5 / 40))  # no answer tokens: KD only
+    assert mix_weights(1.0, 0, 40) == (0.0, 0.0)  # nothing to learn from
+    assert mix_weights(0.0, 0, 0) == (0.0, 0.0)

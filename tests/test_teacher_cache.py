@@ -119,7 +119,7 @@ def test_check_matches_rejects_other_data(teacher, examples, tokenizer, tmp_path
         cache.check_matches(examples[:-1])
     swapped = [examples[1], examples[0], *examples[2:]]
     if n_targets(examples[0]) != n_targets(examples[1]):
-        with pytest.raises(UserError, match="answer lengths"):
+        with pytest.raises(UserError, match="lengths differ"):
             cache.check_matches(swapped)
 
 
@@ -242,3 +242,36 @@ def test_interrupted_build_resumes_complete_shards(teacher, examples, tokenizer,
     got = again.get(range(len(examples)))
     assert torch.equal(got.logp, ref.logp) and torch.equal(got.ids, ref.ids)
     assert again.manifest["teacher_answer_ce"] == pytest.approx(full.manifest["teacher_answer_ce"], rel=1e-6)
+
+
+def test_all_positions_cache_holds_every_real_token(teacher, examples, tokenizer, tmp_path):
+    k = 6
+    cache = build_teacher_cache(
+        teacher, examples, tmp_path / "c", key="all", k=k, pad_id=_pad(tokenizer), positions="all"
+    )
+    assert cache.positions == "all" and cache.manifest["positions"] == "all"
+    assert cache.manifest["n_positions"] == sum(len(e.input_ids) - 1 for e in examples)
+    assert cache.manifest["n_positions"] > 2 * sum(n_targets(e) for e in examples)
+    cache.check_matches(examples)
+    indices = [4, 1]
+    batch = collate([examples[i] for i in indices], _pad(tokenizer))
+    got = cache.get(indices)
+    assert got.counts == [len(examples[i].input_ids) - 1 for i in indices]
+    with torch.no_grad():  # the reference: a plain full forward, padding dropped
+        logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    real = batch["attention_mask"][:, 1:].bool() & batch["attention_mask"][:, :-1].bool()
+    top = torch.log_softmax(logits[:, :-1][real].float(), -1).topk(k, -1)
+    torch.testing.assert_close(got.logp, top.values, atol=2e-3, rtol=1e-3)
+    assert torch.equal(got.ids, top.indices)
+    # the teacher's answer CE is still over the answer tokens only
+    m = build_teacher_cache(
+        teacher, examples, tmp_path / "a", key="ans", k=k, pad_id=_pad(tokenizer)
+    ).manifest
+    assert cache.manifest["teacher_answer_ce"] == pytest.approx(m["teacher_answer_ce"], rel=1e-4)
+    assert m["positions"] == "answer"
+
+
+def test_positions_are_part_of_the_key():
+    base = cache_key("t", "tok", "d", 32)
+    assert cache_key("t", "tok", "d", 32, positions="answer") == base
+    assert cache_key("t", "tok", "d", 32, positions="all") != base

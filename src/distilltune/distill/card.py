@@ -16,8 +16,13 @@ def _signal_lines(cfg, summary: dict) -> list[str]:
     c = summary.get("teacher_cache")
     if c:
         mass = c.get("topk_mass") or {}
+        where = (
+            "positions (every token of the prompts and answers)"
+            if c.get("positions") == "all"
+            else "answer tokens"
+        )
         lines += [
-            f"- teacher top-{c['k']} cache `{c['key']}`: {c['n_positions']} answer tokens, "
+            f"- teacher top-{c['k']} cache `{c['key']}`: {c['n_positions']} {where}, "
             f"{c['payload_bytes_per_token']} bytes/token ({c['file_bytes'] / 1e6:.1f} MB on disk)",
             f"- the top-{c['k']} hold a median {mass.get('median')} of the teacher's probability mass "
             f"(10th percentile {mass.get('p10')}); the rest is one tail bucket",
@@ -54,7 +59,12 @@ def distill_card(cfg, summary: dict, task) -> str:
     objective = (
         "cross-entropy on the teacher's curated answers (sequence-level KD)"
         if cfg.mode == "sequence"
-        else f"{cfg.alpha}·CE(labels) + {1 - cfg.alpha:g}·T²·{loss_desc}, T={cfg.temperature}"
+        else f"{cfg.alpha}·CE(labels) + {1 - cfg.alpha:g}·T²·{loss_desc}, T={cfg.temperature}; "
+        + (
+            "the divergence at every token the teacher reads (prompt, context, answer), CE on the answers"
+            if cfg.positions == "all"
+            else "both on the answer tokens"
+        )
     )
     body, loading = card_common_sections(cfg, summary, task, "distill")
     lines = [

@@ -66,6 +66,12 @@ class DistillConfig(StrictModel):
     alpha: float = Field(default=0.5, ge=0, le=1, description="weight of the label cross-entropy term")
     beta: float = Field(default=0.5, ge=0, le=1, description="jsd interpolation (0 = fkl, 1 = rkl)")
     skew: float = Field(default=0.1, ge=0, lt=1, description="skl/srkl skew α (DistiLLM)")
+    positions: Literal["answer", "all"] = Field(
+        default="all",
+        description="where the student imitates the teacher (cached, online and off-policy batches): "
+        "'all' = every token the teacher reads (prompt, retrieved context, answer), 'answer' = the "
+        "answer tokens only; the label cross-entropy is on the answer tokens either way",
+    )
     chunk_size: int = Field(default=512, ge=1, description="positions per vocabulary-projection chunk")
     teacher_dtype: Literal["float32", "bfloat16"] = "float32"
     rag: bool = Field(default=False, description="train on prompts with retrieved context")

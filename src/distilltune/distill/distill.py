@@ -349,6 +349,7 @@ def run_distill(cfg: DistillConfig, resume: bool = False, reporter: Reporter | N
                 dtype=cfg.teacher_dtype,
                 batch_size=cfg.cache.batch_size,
                 log=reporter.message if main else None,
+                positions=cfg.positions,
             )
         gc.collect()
 
@@ -368,7 +369,7 @@ def run_distill(cfg: DistillConfig, resume: bool = False, reporter: Reporter | N
     if main:
         reporter.message(f"student {cfg.student} ({cfg.method}): {trainable_line(model)}")
 
-    params = KDParams(cfg.loss, cfg.temperature, cfg.beta, cfg.skew, cfg.alpha, cfg.chunk_size)
+    params = KDParams(cfg.loss, cfg.temperature, cfg.beta, cfg.skew, cfg.alpha, cfg.chunk_size, cfg.positions)
     hidden = None
     if teacher is not None and cfg.hidden.weight > 0:
         from distilltune.distill.hidden import attach_projection, check_layer_map, default_layer_map

@@ -1,10 +1,18 @@
-"""Hidden states at the answer positions, and the output projection that turns them into logits.
+"""Hidden states at the distillation positions, and the output projection that turns them into logits.
 
-Distillation compares distributions only where the training labels are (the answer tokens), so
-both models run their decoder body and the vocabulary projection is applied to those positions
+Which positions the student imitates the teacher at (``KD_POSITIONS``):
+
+- ``answer`` — where the training labels are (the answer tokens), as supervised fine-tuning;
+- ``all``    — every real token the teacher reads: system prompt, retrieved context, question and
+  answer. The teacher's distribution over the prompt is knowledge too (how the knowledge base's
+  passages read, what follows what); on the bundled task it is ~10x more teacher signal per example,
+  and it is what lets a freshly pruned student beat label-only fine-tuning (benchmarks/distill.py
+  ``--quality``). The label cross-entropy stays on the answer tokens either way.
+
+Both models run their decoder body and the vocabulary projection is applied to those positions
 alone, chunk by chunk (``losses.chunked_head_loss``). Positions are row-major over
-(batch row, position) where ``labels[:, 1:] != IGNORE_INDEX`` — the same order as
-``distilltune.train.objectives.loss_positions`` and as the teacher cache stores them.
+(batch row, position) where ``kd_mask`` is true — for ``answer`` the same order as
+``distilltune.train.objectives.loss_positions``; the teacher cache stores them in that order.
 
 Models without a separable body/head (PEFT prompt learning, whose virtual tokens only the wrapper's
 forward adds) fall back to a full forward and hand out the answer logits instead.
@@ -20,10 +28,22 @@ from torch import nn
 
 from distilltune.data.chat import IGNORE_INDEX
 
+KD_POSITIONS = ("answer", "all")
+
 
 def loss_mask(labels: torch.Tensor) -> torch.Tensor:
     """[B, T] labels → [B, T-1] bool: position t predicts labels[t + 1]."""
     return labels[:, 1:] != IGNORE_INDEX
+
+
+def kd_mask(labels: torch.Tensor, attention_mask: torch.Tensor, positions: str = "answer") -> torch.Tensor:
+    """[B, T-1] bool: the positions distilled at (see module docstring). Padding never counts."""
+    if positions == "answer":
+        return loss_mask(labels)
+    if positions == "all":
+        real = attention_mask.bool()
+        return real[:, 1:] & real[:, :-1]
+    raise ValueError(f"unknown KD positions {positions!r}; expected one of {', '.join(KD_POSITIONS)}")
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -58,9 +78,10 @@ def body_and_head(model: nn.Module) -> tuple[nn.Module, nn.Linear] | None:
 
 @dataclass
 class AnswerStates:
-    """One model's view of a batch's answer positions.
+    """One model's view of a batch's distillation positions.
 
-    Either ``hidden`` [N, H] with ``weight`` [V, H] / ``bias`` (logits = hidden @ weightᵀ + bias), or,
+    ``targets`` holds the label of each position, ``IGNORE_INDEX`` where none (prompt positions when
+    distilling at every position). Either ``hidden`` [N, H] with ``weight`` [V, H] / ``bias`` (logits = hidden @ weightᵀ + bias), or,
     for models without a separable head, precomputed ``logits`` [N, V].
     ``layers`` holds the per-layer hidden states [B, T, H] when they were asked for.
     """
@@ -76,6 +97,11 @@ class AnswerStates:
     def n(self) -> int:
         return int(self.targets.shape[0])
 
+    @property
+    def n_labelled(self) -> int:
+        """Positions with a label (the cross-entropy term's denominator)."""
+        return int((self.targets != IGNORE_INDEX).sum())
+
     def logits_chunk(self, start: int, end: int) -> torch.Tensor:
         if self.logits is not None:
             return self.logits[start:end]
@@ -88,9 +114,10 @@ def answer_states(
     attention_mask: torch.Tensor,
     labels: torch.Tensor,
     output_hidden_states: bool = False,
+    positions: str = "answer",
 ) -> AnswerStates:
-    """Run ``model``'s body on a batch and gather the answer positions (see module docstring)."""
-    mask = loss_mask(labels)
+    """Run ``model``'s body on a batch and gather the ``positions`` (see module docstring)."""
+    mask = kd_mask(labels, attention_mask, positions)
     targets = labels[:, 1:][mask]
     parts = body_and_head(model)
     kw = {"output_hidden_states": True} if output_hidden_states else {}

@@ -205,6 +205,22 @@ def mix_with_ce(kd: torch.Tensor, ce: torch.Tensor, alpha: float) -> torch.Tenso
     return alpha * ce + (1.0 - alpha) * kd
 
 
+def mix_weights(alpha: float, n_labelled: int, n_positions: int) -> tuple[float, float]:
+    """(alpha', scale) with scale·(alpha'·CE_sum + (1 - alpha')·KD_sum) equal to
+    alpha·CE_sum / n_labelled + (1 - alpha)·KD_sum / n_positions.
+
+    The two terms are averaged over their own positions: CE over the labelled (answer) tokens, KD over
+    every distilled position (the same tokens, or more when distilling at the prompt too). A term with
+    no positions contributes nothing; with neither, scale is 0.
+    """
+    w_ce = alpha / n_labelled if n_labelled else 0.0
+    w_kd = (1.0 - alpha) / n_positions if n_positions else 0.0
+    scale = w_ce + w_kd
+    if scale == 0.0:
+        return 0.0, 0.0
+    return w_ce / scale, scale
+
+
 def topk_kd_ce_with_grad(
     logits: torch.Tensor,
     topk_logp: torch.Tensor,
@@ -220,7 +236,8 @@ def topk_kd_ce_with_grad(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``alpha·CE + (1-alpha)·topk_kd_loss`` summed over positions, *and* its gradient w.r.t. the logits.
 
-    logits: [N, V] (no grad needed); teacher tensors as in ``topk_kd_loss``; targets: [N] label ids.
+    logits: [N, V] (no grad needed); teacher tensors as in ``topk_kd_loss``; targets: [N] label ids,
+    ``IGNORE_INDEX`` at positions without a label (they get the KD term only).
     Returns (value, kd sum, ce sum, dvalue/dlogits [N, V]).
 
     Why closed form: with log q_b = logsumexp_{j∈b} z_j - lse(z) the chain rule gives, for g_b =
@@ -231,6 +248,9 @@ def topk_kd_ce_with_grad(
     """
     z = logits.detach().float()
     ids = topk_ids.long()
+    labelled = targets != IGNORE_INDEX
+    tgt = torch.where(labelled, targets, torch.zeros_like(targets))[:, None]
+    a_row = alpha * labelled.to(z.dtype)[:, None]  # CE weight per position: 0 where nothing is labelled
     lse = torch.logsumexp(z, dim=-1, keepdim=True)
     q = torch.exp(z - lse)  # becomes the gradient buffer below
     top_lq = z.gather(-1, ids) - lse
@@ -243,15 +263,15 @@ def topk_kd_ce_with_grad(
         t = temper(teacher_buckets(topk_logp, tail_logp), temperature)
         kd = (divergence(s, t, loss, beta, skew) * (temperature**2)).sum()
         (g,) = torch.autograd.grad(kd, s_buckets)
-    ce = (lse[:, 0] - z.gather(-1, targets[:, None])[:, 0]).sum()
+    ce = ((lse - z.gather(-1, tgt))[:, 0] * labelled).sum()
     w_kd = 1.0 - alpha
     g_sum = g.sum(-1, keepdim=True)
-    rest_coef = w_kd * (g[:, -1:] / q_rest.clamp(min=1e-30) - g_sum) + alpha
+    rest_coef = w_kd * (g[:, -1:] / q_rest.clamp(min=1e-30) - g_sum) + a_row
     grad = q.mul_(rest_coef)  # rest tokens; the top-k entries are 0 here and set next
     q_top = top_lq.exp()
-    grad.scatter_(-1, ids, w_kd * (g[:, :-1] - q_top * g_sum) + alpha * q_top)
+    grad.scatter_(-1, ids, w_kd * (g[:, :-1] - q_top * g_sum) + a_row * q_top)
     if alpha:
-        grad.scatter_add_(-1, targets[:, None], torch.full_like(targets[:, None], -alpha, dtype=grad.dtype))
+        grad.scatter_add_(-1, tgt, -a_row)
     value = mix_with_ce(kd.detach(), ce, alpha)
     return value, kd.detach(), ce, grad
 

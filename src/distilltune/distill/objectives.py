@@ -5,10 +5,12 @@
 - ``OnPolicyKD`` (``distill.onpolicy``) wraps one of them and replaces a share of the batches by
   student-written answers that the live teacher scores.
 
-All of them project the student's hidden states to the vocabulary only at the answer positions and
-chunk by chunk (``losses.chunked_head_loss``), so neither model's full-vocabulary logits ever exist for
-the whole batch. The loss is ``alpha·CE + (1 - alpha)·T²·D`` averaged over the batch's answer tokens
-(the loop weights micro-batches by that count); metrics ``kd`` and ``ce`` are logged separately.
+All of them project the student's hidden states to the vocabulary only at the distilled positions
+(the answer tokens, or every token with ``positions="all"``; ``forward.kd_mask``) and chunk by chunk
+(``losses.chunked_head_loss``), so neither model's full-vocabulary logits ever exist for the whole
+batch. The loss is ``alpha·CE + (1 - alpha)·T²·D`` with CE averaged over the batch's answer tokens and
+D over its distilled positions (``losses.mix_weights``; the loop weights micro-batches by answer
+tokens); metrics ``kd`` and ``ce`` are logged separately.
 
 With several processes (DDP, FSDP) the student must run through the prepared wrapper's ``forward``
 (gradient-sync and unsharding hooks), so there the objective takes the wrapper's answer logits
@@ -18,17 +20,19 @@ With several processes (DDP, FSDP) the student must run through the prepared wra
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distilltune.distill.forward import AnswerStates, answer_states, loss_mask, unwrap
+from distilltune.data.chat import IGNORE_INDEX
+from distilltune.distill.forward import AnswerStates, answer_states, kd_mask, unwrap
 from distilltune.distill.losses import (
     chunked_head_loss,
     chunked_logits_loss,
     kd_loss,
+    mix_weights,
     mix_with_ce,
     topk_kd_ce_with_grad,
 )
@@ -45,6 +49,7 @@ class KDParams:
     skew: float = 0.1
     alpha: float = 0.5
     chunk_size: int = 512
+    positions: str = "answer"  # "answer" or "all" (forward.KD_POSITIONS)
 
 
 def _distributed() -> bool:
@@ -53,15 +58,23 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def student_states(net: nn.Module, batch: dict, output_hidden_states: bool = False) -> AnswerStates:
-    """The student's answer-position states; through the DDP wrapper's forward when distributed."""
+def student_states(
+    net: nn.Module, batch: dict, output_hidden_states: bool = False, positions: str = "answer"
+) -> AnswerStates:
+    """The student's states at the distilled positions; through the DDP wrapper's forward when distributed."""
     if hasattr(net, "module") or _distributed():  # DDP / FSDP: keep the wrapper's forward hooks
         if output_hidden_states:
             raise UserError("hidden-state distillation is not supported with several processes yet")
-        logits, targets = net(batch["input_ids"], batch["attention_mask"], batch["labels"])
+        mask = kd_mask(batch["labels"], batch["attention_mask"], positions)
+        logits, targets = net(batch["input_ids"], batch["attention_mask"], batch["labels"], mask)
         return AnswerStates(targets, logits=logits)
     return answer_states(
-        unwrap(net), batch["input_ids"], batch["attention_mask"], batch["labels"], output_hidden_states
+        unwrap(net),
+        batch["input_ids"],
+        batch["attention_mask"],
+        batch["labels"],
+        output_hidden_states,
+        positions,
     )
 
 
@@ -71,26 +84,34 @@ def mixed_fn(targets: torch.Tensor, teacher_term: TeacherTerm, p: KDParams, alph
     def fn(logits: torch.Tensor, s: int, e: int):
         kd = teacher_term(logits, s, e)
         if alpha > 0:
-            ce = F.cross_entropy(logits.float(), targets[s:e], reduction="sum")
+            ce = F.cross_entropy(logits.float(), targets[s:e], ignore_index=IGNORE_INDEX, reduction="sum")
         else:
             with torch.no_grad():
-                ce = F.cross_entropy(logits.float(), targets[s:e], reduction="sum")
+                ce = F.cross_entropy(logits.float(), targets[s:e], ignore_index=IGNORE_INDEX, reduction="sum")
         return mix_with_ce(kd, ce, alpha), {"kd": kd, "ce": ce}
 
     return fn
 
 
-def kd_step(st: AnswerStates, fn, p: KDParams):
-    """(loss averaged over answer tokens, metrics) for one batch, chunked over positions."""
+def kd_step(st: AnswerStates, make_fn: Callable[[float], Callable], p: KDParams):
+    """(loss, metrics) for one batch, chunked over positions.
+
+    ``make_fn(alpha')`` builds the chunk function for the CE weight ``alpha'`` that, times the scale
+    of ``mix_weights``, averages CE over the answer tokens and KD over the distilled positions.
+    """
+    n_ce, n_kd = st.n_labelled, st.n
+    alpha, scale = mix_weights(p.alpha, n_ce, n_kd)
+    fn = make_fn(alpha)
     stats: dict[str, torch.Tensor] = {}
     if st.hidden is not None:
         total = chunked_head_loss(st.hidden, st.weight, st.bias, fn, p.chunk_size, stats)
     else:
         total = chunked_logits_loss(st.logits, fn, p.chunk_size, stats)
-    n = max(st.n, 1)
-    metrics = {k: float(v) / n for k, v in stats.items()}
-    metrics["answer_tokens"] = float(st.n)
-    return total / n, metrics
+    metrics = {k: float(v) / max(n_ce if k == "ce" else n_kd, 1) for k, v in stats.items()}
+    metrics["answer_tokens"] = float(n_ce)
+    if n_kd != n_ce:
+        metrics["kd_positions"] = float(n_kd)
+    return total * scale, metrics
 
 
 class CachedKD:
@@ -102,38 +123,41 @@ class CachedKD:
 
     def targets_for(self, batch: dict):
         tgt = self.cache.get(batch["index"].tolist())
-        expected = loss_mask(batch["labels"]).sum(1).tolist()
+        expected = kd_mask(batch["labels"], batch["attention_mask"], self.cache.positions).sum(1).tolist()
         if tgt.counts != expected:
             raise UserError(
-                f"teacher cache {self.cache.path} does not match this batch's answers "
+                f"teacher cache {self.cache.path} does not match this batch's positions "
                 f"(cached {tgt.counts}, batch {expected}); the cache was built for other data"
             )
         return tgt
 
     def __call__(self, net: nn.Module, batch: dict, step: int):
-        st = student_states(net, batch)
+        st = student_states(net, batch, positions=self.cache.positions)  # the positions it stores
         tgt = self.targets_for(batch)
         dev = st.targets.device
         logp, ids, tail = tgt.logp.to(dev), tgt.ids.to(dev), tgt.tail.to(dev)
         p = self.p
         targets = st.targets
 
-        def fn(logits, s, e):  # closed-form gradient: ~2x less elementwise work than autograd here
-            value, kd, ce, grad = topk_kd_ce_with_grad(
-                logits,
-                logp[s:e],
-                ids[s:e],
-                tail[s:e],
-                targets[s:e],
-                loss=p.loss,
-                temperature=p.temperature,
-                beta=p.beta,
-                skew=p.skew,
-                alpha=p.alpha,
-            )
-            return value, {"kd": kd, "ce": ce}, grad
+        def make_fn(alpha: float):
+            def fn(logits, s, e):  # closed-form gradient: ~2x less elementwise work than autograd here
+                value, kd, ce, grad = topk_kd_ce_with_grad(
+                    logits,
+                    logp[s:e],
+                    ids[s:e],
+                    tail[s:e],
+                    targets[s:e],
+                    loss=p.loss,
+                    temperature=p.temperature,
+                    beta=p.beta,
+                    skew=p.skew,
+                    alpha=alpha,
+                )
+                return value, {"kd": kd, "ce": ce}, grad
 
-        return kd_step(st, fn, p)
+            return fn
+
+        return kd_step(st, make_fn, p)
 
 
 @dataclass
@@ -154,7 +178,7 @@ class OnlineKD:
         self.p = params
         self.hidden = hidden
 
-    def teacher_states(self, batch: dict) -> AnswerStates:
+    def teacher_states(self, batch: dict, positions: str) -> AnswerStates:
         with torch.no_grad():
             return answer_states(
                 self.teacher,
@@ -162,12 +186,15 @@ class OnlineKD:
                 batch["attention_mask"],
                 batch["labels"],
                 output_hidden_states=self.hidden is not None,
+                positions=positions,
             )
 
-    def loss(self, net: nn.Module, batch: dict, alpha: float | None = None):
+    def loss(self, net: nn.Module, batch: dict, alpha: float | None = None, positions: str | None = None):
+        """``alpha`` and ``positions`` override the configured ones (on-policy batches use 0 and answer)."""
         want_hidden = self.hidden is not None
-        st = student_states(net, batch, output_hidden_states=want_hidden)
-        tst = self.teacher_states(batch)
+        where = positions or self.p.positions
+        st = student_states(net, batch, output_hidden_states=want_hidden, positions=where)
+        tst = self.teacher_states(batch, where)
         p = self.p
 
         def term(logits, s, e):
@@ -183,8 +210,9 @@ class OnlineKD:
                 reduction="sum",
             )
 
-        a = p.alpha if alpha is None else alpha
-        loss, metrics = kd_step(st, mixed_fn(st.targets, term, p, a), p)
+        if alpha is not None:
+            p = replace(p, alpha=alpha)
+        loss, metrics = kd_step(st, lambda a: mixed_fn(st.targets, term, p, a), p)
         if want_hidden:
             from distilltune.distill.hidden import hidden_loss
 

@@ -115,5 +115,6 @@ class OnPolicyKD:
         sampled = sampled_batch(
             unwrap(net), batch, self.stop_ids, self.pad_id, self.max_new_tokens, self.temperature, s
         )
-        loss, metrics = self.online.loss(net, sampled, alpha=0.0)
+        # Pure KD on the sampled answers only: the prompt positions are the off-policy batches' job.
+        loss, metrics = self.online.loss(net, sampled, alpha=0.0, positions="answer")
         return loss, {**metrics, "on_policy": 1.0}

@@ -3,21 +3,22 @@
 Cached KD is the default mode because the teacher's forward pass is the most expensive part of an
 online KD step and is identical in every epoch and for every strategy of a comparison. The teacher
 runs once over the *assembled* training examples (exactly the token ids the student trains on) and
-stores, per answer position (``labels[1:] != IGNORE_INDEX``, row-major):
+stores, per distilled position (row-major; the answer positions ``labels[1:] != IGNORE_INDEX``, or
+every position when distilling at the prompt too — ``forward.kd_mask``):
 
 - ``logp``  [n, k] float16 — the top-k log-probabilities, descending;
 - ``ids``   [n, k] uint16 when the vocabulary fits in 16 bits, else int32;
 - ``tail``  [n]    float16 — log of the probability mass outside the top-k (the "rest" bucket).
 
-At k=32 that is 130 bytes per answer token (128 + 2 for the tail). Shards
+At k=32 that is 130 bytes per position (128 + 2 for the tail). Shards
 (``shard-00000.safetensors`` ...) hold whole examples and are written atomically one by one;
 ``index.safetensors`` maps example → (shard, start, count); ``manifest.json`` is written last, so a
 directory without it is an unfinished build (resumed shard by shard, never read).
 
 The cache key hashes everything that determines the stored numbers: the teacher's weight files,
 the tokenizer (vocabulary, merges, chat template), the assembled example token ids and labels (so
-data, system prompt, retrieved context, template and truncation all count), k, the teacher dtype
-and the format version. ``compare`` therefore reuses one cache for every strategy, and a cache
+data, system prompt, retrieved context, template and truncation all count), k, the positions, the
+teacher dtype and the format version. ``compare`` therefore reuses one cache for every strategy, and a cache
 built from anything else is never read (its key differs). At training time the shards are
 memory-mapped (numpy ``memmap`` on the safetensors data) and the teacher is not loaded at all.
 """
@@ -170,23 +171,26 @@ def examples_fingerprint(examples: Sequence[Example]) -> str:
     return h.hexdigest()
 
 
-def cache_key(teacher_fp: str, tokenizer_fp: str, data_fp: str, k: int, dtype: str = "float32") -> str:
-    text = json.dumps(
-        {
-            "v": FORMAT_VERSION,
-            "teacher": teacher_fp,
-            "tok": tokenizer_fp,
-            "data": data_fp,
-            "k": k,
-            "dtype": dtype,
-        },
-        sort_keys=True,
-    )
-    return hashlib.sha256(text.encode()).hexdigest()[:24]
+def cache_key(
+    teacher_fp: str,
+    tokenizer_fp: str,
+    data_fp: str,
+    k: int,
+    dtype: str = "float32",
+    positions: str = "answer",
+) -> str:
+    fields = {"v": FORMAT_VERSION, "teacher": teacher_fp, "tok": tokenizer_fp, "data": data_fp, "k": k}
+    fields["dtype"] = dtype
+    if positions != "answer":  # answer-position caches keep the keys they had before positions existed
+        fields["positions"] = positions
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def n_targets(ex: Example) -> int:
-    """Answer positions of one example: those whose *next* token is labelled."""
+def n_targets(ex: Example, positions: str = "answer") -> int:
+    """Distilled positions of one example: those whose *next* token is labelled (``answer``), or
+    every position that has a next token (``all``)."""
+    if positions == "all":
+        return max(len(ex.input_ids) - 1, 0)
     return sum(1 for x in ex.labels[1:] if x != IGNORE_INDEX)
 
 
@@ -248,20 +252,23 @@ class TeacherCache:
     def k(self) -> int:
         return int(self.manifest["k"])
 
+    @property
+    def positions(self) -> str:
+        """Which positions it holds: ``answer`` or ``all`` (``forward.KD_POSITIONS``)."""
+        return str(self.manifest.get("positions", "answer"))
+
     def __len__(self) -> int:
         return len(self.counts)
 
     def check_matches(self, examples: Sequence[Example]) -> None:
-        """Every example must have exactly as many answer positions as were cached for it."""
+        """Every example must have exactly as many positions as were cached for it."""
         if len(examples) != len(self):
             raise UserError(
                 f"{self.path}: cache holds {len(self)} examples, the training data has {len(examples)}"
             )
-        bad = [i for i, ex in enumerate(examples) if n_targets(ex) != self.counts[i]]
+        bad = [i for i, ex in enumerate(examples) if n_targets(ex, self.positions) != self.counts[i]]
         if bad:
-            raise UserError(
-                f"{self.path}: answer lengths differ from the training data at examples {bad[:5]}"
-            )
+            raise UserError(f"{self.path}: lengths differ from the training data at examples {bad[:5]}")
 
     def get(self, indices: Sequence[int]) -> CachedTargets:
         logp, ids, tail, counts = [], [], [], []
@@ -299,16 +306,23 @@ def plan_shards(counts: Sequence[int], max_positions: int) -> list[tuple[int, in
 
 @torch.inference_mode()
 def teacher_topk(
-    model: torch.nn.Module, batch: dict[str, torch.Tensor], k: int, chunk_size: int = 512
+    model: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    k: int,
+    chunk_size: int = 512,
+    positions: str = "answer",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Top-k log-probs [N, k], ids [N, k], log tail mass [N] and log-prob of the label [N] at the
-    answer positions of ``batch`` (row-major), projecting ``chunk_size`` positions at a time."""
+    """Top-k log-probs [N, k], ids [N, k], log tail mass [N] at the ``positions`` of ``batch``
+    (row-major), and the log-prob of each label there (the labelled positions only), projecting
+    ``chunk_size`` positions at a time."""
     from distilltune.distill.forward import answer_states
     from distilltune.distill.losses import LOG_FLOOR
 
     dev = next(model.parameters()).device  # batches are collated on the CPU; the teacher may be on a GPU
     batch = {k_: batch[k_].to(dev) for k_ in ("input_ids", "attention_mask", "labels")}
-    st = answer_states(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+    st = answer_states(
+        model, batch["input_ids"], batch["attention_mask"], batch["labels"], positions=positions
+    )
     vals, ids, tails, label_lp = [], [], [], []
     for s in range(0, st.n, chunk_size):
         e = min(s + chunk_size, st.n)
@@ -319,7 +333,9 @@ def teacher_topk(
         vals.append(top - lse)
         ids.append(top_ids)
         tails.append(rest.clamp(min=LOG_FLOOR))
-        label_lp.append(logits.gather(-1, st.targets[s:e, None])[:, 0] - lse[:, 0])
+        t = st.targets[s:e]
+        kept = t != IGNORE_INDEX
+        label_lp.append(logits[kept].gather(-1, t[kept, None])[:, 0] - lse[kept, 0])
     if not vals:
         z = torch.zeros(0, k)
         return z, z.long(), torch.zeros(0), torch.zeros(0)
@@ -356,11 +372,12 @@ def build_teacher_cache(
     max_shard_positions: int = 1 << 16,
     info: dict | None = None,
     log: Callable[[str], None] | None = None,
+    positions: str = "answer",
 ) -> TeacherCache:
     """Run ``model`` over ``examples`` and write the cache to ``out_dir`` (resuming complete shards)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    counts = [n_targets(ex) for ex in examples]
+    counts = [n_targets(ex, positions) for ex in examples]
     plan = plan_shards(counts, max_shard_positions)
     vocab = None
     t0 = time.perf_counter()
@@ -386,7 +403,7 @@ def build_teacher_cache(
             if log and bi and bi % 20 == 0:
                 log(f"teacher cache: shard {si + 1}/{len(plan)}, {bi * batch_size} of {len(part)} examples")
             batch = collate([part[i] for i in idx], pad_id)
-            vals, ids, tail, lab = teacher_topk(model, batch, k)
+            vals, ids, tail, lab = teacher_topk(model, batch, k, positions=positions)
             rows = [counts[a + i] for i in idx]
             for i, v, d, t in zip(idx, vals.split(rows), ids.split(rows), tail.split(rows), strict=True):
                 per_ex[i] = (v, d, t)
@@ -435,6 +452,7 @@ def build_teacher_cache(
         "format": FORMAT_VERSION,
         "key": key,
         "k": k,
+        "positions": positions,
         "vocab_size": vocab,
         "ids_dtype": "uint16" if (vocab or 0) <= 1 << 16 else "int32",
         "n_examples": len(examples),
@@ -483,21 +501,25 @@ def ensure_teacher_cache(
     dtype: str = "float32",
     batch_size: int = 8,
     log: Callable[[str], None] | None = None,
+    positions: str = "answer",
 ) -> TeacherCache:
-    """Open the cache for this (teacher, tokenizer, data, k), building it first if needed.
+    """Open the cache for this (teacher, tokenizer, data, k, positions), building it first if needed.
 
     ``load_teacher`` is only called when the cache has to be built. Concurrent builders of the same
     key wait on a lock file and then reuse the finished cache.
     """
     root = Path(root) if root else default_cache_root()
     t_fp = teacher_fingerprint(teacher_ref, root / ".file-hashes.json")
-    key = cache_key(t_fp, tokenizer_fingerprint(tokenizer), examples_fingerprint(examples), k, dtype)
+    key = cache_key(
+        t_fp, tokenizer_fingerprint(tokenizer), examples_fingerprint(examples), k, dtype, positions
+    )
     path = root / key
     if not (path / MANIFEST).is_file():
         with _build_lock(root / f".{key}.lock"):
             if not (path / MANIFEST).is_file():
                 if log:
-                    log(f"building the teacher top-{k} cache for {len(examples)} examples in {path}")
+                    where = "every position" if positions == "all" else "the answer positions"
+                    log(f"building the teacher top-{k} cache ({where} of {len(examples)} examples) in {path}")
                 model = load_teacher()
                 pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
                 build_teacher_cache(
@@ -510,6 +532,7 @@ def ensure_teacher_cache(
                     batch_size=batch_size,
                     info={"teacher": teacher_ref, "teacher_dtype": dtype},
                     log=log,
+                    positions=positions,
                 )
                 del model
     elif log:

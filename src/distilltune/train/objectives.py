@@ -57,14 +57,21 @@ def _body_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
 
 
 def answer_logits(
-    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits only where a label is predicted: ([N, V], targets [N]) in ``loss_positions`` order.
 
-    Works on a plain HF causal LM, a PEFT model and (with a full forward) prompt-learning PEFT
-    models, whose virtual tokens only the PEFT wrapper's forward adds.
+    ``mask`` [B, T-1] picks other positions instead (distillation at every token); their targets
+    are ``IGNORE_INDEX`` where nothing is labelled. Works on a plain HF causal LM, a PEFT model and
+    (with a full forward) prompt-learning PEFT models, whose virtual tokens only the PEFT wrapper's
+    forward adds.
     """
-    mask = loss_mask(labels)
+    if mask is None:
+        mask = loss_mask(labels)
     targets = labels[:, 1:][mask]
     parts = None if _uses_prompt_learning(model) else _body_and_head(model)
     if parts is None:
@@ -83,9 +90,13 @@ class AnswerLogitsModel(nn.Module):
         self.model = model
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        return answer_logits(self.model, input_ids, attention_mask, labels)
+        return answer_logits(self.model, input_ids, attention_mask, labels, mask)
 
 
 def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
