@@ -106,20 +106,26 @@ def _teacher():
     return t
 
 
-def part_cache(a) -> dict:
+def _cache(a, examples, tok, load_teacher=_teacher, positions: str = "answer"):
+    """The benchmark's top-K cache of ``examples`` (built by ``load_teacher`` when missing)."""
     from distilltune.distill.teacher_cache import ensure_teacher_cache
 
-    examples, tok = _examples(a.seq)
-    t0 = time.perf_counter()
-    cache = ensure_teacher_cache(
+    return ensure_teacher_cache(
         teacher_ref=TEACHER,
         tokenizer=tok,
         examples=examples,
         k=K,
-        load_teacher=_teacher,
+        load_teacher=load_teacher,
         root=Path(a.workdir) / "cache",
         batch_size=a.batch,
+        positions=positions,
     )
+
+
+def part_cache(a) -> dict:
+    examples, tok = _examples(a.seq)
+    t0 = time.perf_counter()
+    cache = _cache(a, examples, tok)
     m = cache.manifest
     return {
         "examples": len(examples),
@@ -172,21 +178,13 @@ def _loop(a, objective, model, examples, tok, steps: int) -> dict:
 
 def part_cached(a) -> dict:
     from distilltune.distill.objectives import CachedKD, KDParams
-    from distilltune.distill.teacher_cache import ensure_teacher_cache
 
     examples, tok = _examples(a.seq)
 
     def no_teacher():
         raise SystemExit("cache missing: run the cache part first")
 
-    cache = ensure_teacher_cache(
-        teacher_ref=TEACHER,
-        tokenizer=tok,
-        examples=examples,
-        k=K,
-        load_teacher=no_teacher,
-        root=Path(a.workdir) / "cache",
-    )
+    cache = _cache(a, examples, tok, no_teacher)
     params = KDParams(loss="fkl", alpha=0.0, chunk_size=512)
     out = _loop(a, CachedKD(cache, params), _student(), examples, tok, a.steps_for_epoch)
     model = out.pop("model")
@@ -198,20 +196,10 @@ def part_cached(a) -> dict:
 def part_cached_all(a) -> dict:
     """The default ``positions=all``: the cache holds every position, the student is projected at all."""
     from distilltune.distill.objectives import CachedKD, KDParams
-    from distilltune.distill.teacher_cache import ensure_teacher_cache
 
     examples, tok = _examples(a.seq)
     t0 = time.perf_counter()
-    cache = ensure_teacher_cache(
-        teacher_ref=TEACHER,
-        tokenizer=tok,
-        examples=examples,
-        k=K,
-        load_teacher=_teacher,
-        root=Path(a.workdir) / "cache",
-        batch_size=a.batch,
-        positions="all",
-    )
+    cache = _cache(a, examples, tok, positions="all")
     build_s = time.perf_counter() - t0
     params = KDParams(loss="fkl", alpha=0.5, chunk_size=512, positions="all")
     out = _loop(a, CachedKD(cache, params), _student(), examples, tok, a.steps_for_epoch)
