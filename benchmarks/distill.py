@@ -33,10 +33,11 @@ cached ≥ 3× TRL tokens/s at ≤ 0.55× its peak RSS.
 
     python benchmarks/distill.py            # full run (tens of minutes), writes results/distill.json
     python benchmarks/distill.py --quick    # 1 warm-up + 3 timed steps per part (checks the harness)
-    # distilled vs label-only student, as results/distill_quality.json was measured: retrieved context,
-    # teacher LoRA-adapted for 16 steps first, 40 updates of batch 4 each
+    # distilled vs label-only student, as results/distill_quality*.json were measured: retrieved context,
+    # teacher LoRA-adapted for 16 steps first, 40 updates of batch 4 each, seeds 0, 1, 2
+    # (--quality-positions answer: distil at the answer tokens only, the results/sweep-rag-tl16-* runs)
     python benchmarks/distill.py --quality --quality-rag --quality-teacher-lora-steps 16 \
-        --quality-steps 40 --batch 4 --quality-eval-samples 32
+        --quality-steps 40 --batch 4 --quality-eval-samples 32 [--quality-seed 1]
 """
 
 from __future__ import annotations
