@@ -8,6 +8,8 @@ same tuned allocator for every side. Each part runs in its own subprocess so pea
 - ``cache``    builds the teacher top-k cache (k=32): build time, bytes per answer token, top-k mass;
 - ``cached``   our loop (``distilltune.train.loop.train_loop``) with ``CachedKD``: the teacher is not
                loaded at all; s/step, tokens/s, time per epoch, peak RSS; saves the trained student;
+- ``cached_all`` the same with ``positions=all`` (the distill default: every token, 127 per example
+               here, instead of the ~29 answer tokens), alpha 0.5: its cache build, size and step time;
 - ``online``   the same loop with ``OnlineKD`` (teacher in memory, full-vocabulary loss);
 - ``trl``      ``trl.experimental.gkd.GKDTrainer`` with lmbda=0, beta=0, bf16 off, gradient checkpointing
                off, the same teacher, student, examples (our collator: identical token tensors) and batch;
@@ -31,10 +33,11 @@ cached ≥ 3× TRL tokens/s at ≤ 0.55× its peak RSS.
 
     python benchmarks/distill.py            # full run (tens of minutes), writes results/distill.json
     python benchmarks/distill.py --quick    # 1 warm-up + 3 timed steps per part (checks the harness)
-    # distilled vs label-only student, as results/distill_quality.json was measured: retrieved context,
-    # teacher LoRA-adapted for 16 steps first, 40 updates of batch 4 each
+    # distilled vs label-only student, as results/distill_quality*.json were measured: retrieved context,
+    # teacher LoRA-adapted for 16 steps first, 40 updates of batch 4 each, seeds 0, 1, 2
+    # (--quality-positions answer: distil at the answer tokens only, the results/sweep-rag-tl16-* runs)
     python benchmarks/distill.py --quality --quality-rag --quality-teacher-lora-steps 16 \
-        --quality-steps 40 --batch 4 --quality-eval-samples 32
+        --quality-steps 40 --batch 4 --quality-eval-samples 32 [--quality-seed 1]
 """
 
 from __future__ import annotations
@@ -104,20 +107,26 @@ def _teacher():
     return t
 
 
-def part_cache(a) -> dict:
+def _cache(a, examples, tok, load_teacher=_teacher, positions: str = "answer"):
+    """The benchmark's top-K cache of ``examples`` (built by ``load_teacher`` when missing)."""
     from distilltune.distill.teacher_cache import ensure_teacher_cache
 
-    examples, tok = _examples(a.seq)
-    t0 = time.perf_counter()
-    cache = ensure_teacher_cache(
+    return ensure_teacher_cache(
         teacher_ref=TEACHER,
         tokenizer=tok,
         examples=examples,
         k=K,
-        load_teacher=_teacher,
+        load_teacher=load_teacher,
         root=Path(a.workdir) / "cache",
         batch_size=a.batch,
+        positions=positions,
     )
+
+
+def part_cache(a) -> dict:
+    examples, tok = _examples(a.seq)
+    t0 = time.perf_counter()
+    cache = _cache(a, examples, tok)
     m = cache.manifest
     return {
         "examples": len(examples),
@@ -170,26 +179,40 @@ def _loop(a, objective, model, examples, tok, steps: int) -> dict:
 
 def part_cached(a) -> dict:
     from distilltune.distill.objectives import CachedKD, KDParams
-    from distilltune.distill.teacher_cache import ensure_teacher_cache
 
     examples, tok = _examples(a.seq)
 
     def no_teacher():
         raise SystemExit("cache missing: run the cache part first")
 
-    cache = ensure_teacher_cache(
-        teacher_ref=TEACHER,
-        tokenizer=tok,
-        examples=examples,
-        k=K,
-        load_teacher=no_teacher,
-        root=Path(a.workdir) / "cache",
-    )
+    cache = _cache(a, examples, tok, no_teacher)
     params = KDParams(loss="fkl", alpha=0.0, chunk_size=512)
     out = _loop(a, CachedKD(cache, params), _student(), examples, tok, a.steps_for_epoch)
     model = out.pop("model")
     out["peak_rss_mb"] = round(peak_rss_mb(), 1)
     model.save_pretrained(Path(a.workdir) / "trained-student", safe_serialization=True)
+    return out
+
+
+def part_cached_all(a) -> dict:
+    """The default ``positions=all``: the cache holds every position, the student is projected at all."""
+    from distilltune.distill.objectives import CachedKD, KDParams
+
+    examples, tok = _examples(a.seq)
+    t0 = time.perf_counter()
+    cache = _cache(a, examples, tok, positions="all")
+    build_s = time.perf_counter() - t0
+    params = KDParams(loss="fkl", alpha=0.5, chunk_size=512, positions="all")
+    out = _loop(a, CachedKD(cache, params), _student(), examples, tok, a.steps_for_epoch)
+    out.pop("model")
+    m = cache.manifest
+    out["cache"] = {
+        "positions": m["n_positions"],
+        "build_s": round(build_s, 2),
+        "payload_bytes_per_token": m["payload_bytes_per_token"],
+        "file_bytes": m["file_bytes"],
+    }
+    out["peak_rss_mb"] = round(peak_rss_mb(), 1)
     return out
 
 
@@ -347,6 +370,7 @@ def part_error(a) -> dict:
 PARTS = {
     "cache": part_cache,
     "cached": part_cached,
+    "cached_all": part_cached_all,
     "online": part_online,
     "trl": part_trl,
     "error": part_error,
@@ -605,7 +629,7 @@ def main() -> None:
         from distilltune.runtime import set_threads
 
         set_threads()
-        if a.part in ("cached", "online"):
+        if a.part in ("cached", "cached_all", "online"):
             from distilltune.train.loop import batches_per_epoch
 
             n = len(_examples(a.seq)[0])
@@ -653,6 +677,8 @@ def main() -> None:
             _target("design.md: cached tokens/s >= 3 x TRL", speed, speed >= 3.0),
             _target("design.md: cached peak RSS <= 0.55 x TRL", rss, rss <= 0.55),
         ]
+    if cached and parts.get("cached_all"):
+        ratios["cached_all_step_over_cached"] = round(parts["cached_all"]["step_s"] / cached["step_s"], 4)
     if online and trl:
         ratios["online_tokens_per_s_over_trl"] = round(online["tokens_per_s"] / trl["tokens_per_s"], 4)
     data = {

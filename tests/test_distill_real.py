@@ -65,7 +65,7 @@ def test_cached_kd_with_the_real_teacher(tmp_path):
     assert model.config.num_hidden_layers == 6
     summary = json.loads((out / "train_summary.json").read_text())
     c = summary["teacher_cache"]
-    assert c["payload_bytes_per_token"] == 130 and c["ids_dtype"] == "uint16"
+    assert c["payload_bytes_per_token"] == 128 and c["ids_dtype"] == "uint16"
     assert 0.5 < c["topk_mass"]["median"] <= 1.0
     assert "fact recall on held-out eval answers" in (out / "README.md").read_text()
 

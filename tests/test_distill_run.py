@@ -27,7 +27,7 @@ def test_cached_kd_end_to_end(tiny_task, tiny_teacher_dir, tmp_path):
     assert len(rows) == 3 and all("kd" in r and "ce" in r for r in rows)
     assert all(r["kd"] > 0 for r in rows)
     summary = json.loads((out / "train_summary.json").read_text())
-    assert summary["teacher_cache"]["k"] == 8 and summary["teacher_cache"]["payload_bytes_per_token"] == 34
+    assert summary["teacher_cache"]["k"] == 8 and summary["teacher_cache"]["payload_bytes_per_token"] == 32
     card = (out / "README.md").read_text()
     assert "fact recall on held-out eval answers" in card and "top-8 cache" in card
     assert "fact_recall" in (summary["last_eval"] or {})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -70,9 +71,9 @@ def test_cache_stores_exact_topk_and_reads_back_by_index(teacher, examples, toke
     assert len(cache.manifest["shards"]) > 1  # the test exercises several shards
     assert cache.manifest["n_positions"] == sum(n_targets(e) for e in examples)
     assert cache.manifest["ids_dtype"] == "uint16"
-    assert cache.manifest["payload_bytes_per_token"] == k * 4 + 2
+    assert cache.manifest["payload_bytes_per_token"] == k * 4
     # the file payload is what the manifest says (plus small safetensors headers)
-    assert cache.manifest["file_bytes"] >= cache.manifest["n_positions"] * (k * 4 + 2)
+    assert cache.manifest["file_bytes"] >= cache.manifest["n_positions"] * k * 4
 
     indices = [7, 0, 11, 3]
     batch = collate([examples[i] for i in indices], _pad(tokenizer))
@@ -80,12 +81,15 @@ def test_cache_stores_exact_topk_and_reads_back_by_index(teacher, examples, toke
     vals, ids, tail, _ = teacher_topk(teacher, batch, k)
     assert got.counts == [n_targets(examples[i]) for i in indices]
     assert got.logp.shape == (sum(got.counts), k)
-    torch.testing.assert_close(got.logp, vals, atol=2e-3, rtol=1e-3)  # fp16 storage
+    torch.testing.assert_close(got.logp[:, 1:], vals[:, 1:], atol=2e-3, rtol=1e-3)  # fp16 storage
+    # the top-1 is recovered from the rest: exact to a few 1e-5 of probability mass (this tiny random
+    # teacher is nearly flat, the hardest case: a real LM's top-1 holds far more of the mass)
+    torch.testing.assert_close(got.logp[:, 0].exp(), vals[:, 0].exp(), atol=5e-5, rtol=0)
     assert torch.equal(got.ids, ids)
     torch.testing.assert_close(got.tail, tail, atol=2e-2, rtol=2e-3)
     # top-k + tail is a full distribution
     total = got.logp.exp().sum(-1) + got.tail.exp()
-    torch.testing.assert_close(total, torch.ones_like(total), atol=3e-3, rtol=0)
+    torch.testing.assert_close(total, torch.ones_like(total), atol=1e-4, rtol=0)
     # the rows line up with the positions the student's loss uses
     st = answer_states(teacher, batch["input_ids"], batch["attention_mask"], batch["labels"])
     assert st.n == got.logp.shape[0]
@@ -261,7 +265,8 @@ def test_all_positions_cache_holds_every_real_token(teacher, examples, tokenizer
         logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     real = batch["attention_mask"][:, 1:].bool() & batch["attention_mask"][:, :-1].bool()
     top = torch.log_softmax(logits[:, :-1][real].float(), -1).topk(k, -1)
-    torch.testing.assert_close(got.logp, top.values, atol=2e-3, rtol=1e-3)
+    torch.testing.assert_close(got.logp[:, 1:], top.values[:, 1:], atol=2e-3, rtol=1e-3)
+    torch.testing.assert_close(got.logp[:, 0].exp(), top.values[:, 0].exp(), atol=5e-5, rtol=0)
     assert torch.equal(got.ids, top.indices)
     # the teacher's answer CE is still over the answer tokens only
     m = build_teacher_cache(
@@ -275,3 +280,50 @@ def test_positions_are_part_of_the_key():
     base = cache_key("t", "tok", "d", 32)
     assert cache_key("t", "tok", "d", 32, positions="answer") == base
     assert cache_key("t", "tok", "d", 32, positions="all") != base
+
+
+def test_top1_is_recovered_from_the_rest_and_the_tail():
+    from distilltune.distill.teacher_cache import full_topk_logp
+
+    g = torch.Generator().manual_seed(3)
+    logp = torch.log_softmax(torch.randn(50, 300, generator=g) * 4, -1)
+    top, _ = logp.topk(16, -1)
+    tail = logp.topk(300, -1).values[:, 16:].logsumexp(-1)
+    got = full_topk_logp(top[:, 1:].half().float(), tail.half().float())
+    assert got.shape == top.shape
+    torch.testing.assert_close(got[:, 1:], top[:, 1:].half().float())
+    # the recovered top-1 is about as exact as storing it in fp16 would have been
+    err = (got[:, 0] - top[:, 0]).abs()
+    fp16_err = (top[:, 0].half().float() - top[:, 0]).abs()
+    assert float(err.max()) < 2e-3 and float(err.mean()) < 4 * float(fp16_err.mean()) + 1e-4
+    # a flat row whose rounding leaves nothing for the top-1 still gets the largest value
+    flat = torch.full((1, 3), math.log(0.25))
+    assert float(full_topk_logp(flat, torch.tensor([math.log(0.26)]))[0, 0]) == pytest.approx(math.log(0.25))
+    # k = 1: the top-1 is everything but the tail
+    one = full_topk_logp(torch.zeros(2, 0), torch.log(torch.tensor([0.1, 0.5])))
+    torch.testing.assert_close(one[:, 0], torch.log(torch.tensor([0.9, 0.5])))
+
+
+def test_format_1_caches_are_still_read(teacher, examples, tokenizer, tmp_path):
+    """A cache written before the top-1 was dropped (all k log-probs stored) reads the same."""
+    from safetensors.torch import load_file, save_file
+
+    k = 6
+    cache = build_teacher_cache(teacher, examples[:5], tmp_path / "c", key="f1", k=k, pad_id=_pad(tokenizer))
+    new = cache.get([0, 3])
+    # rewrite it the way format 1 stored it
+    for name in cache.manifest["shards"]:
+        t = load_file(str(tmp_path / "c" / name))
+        t["logp"] = full_topk_logp_np(t["logp"], t["tail"])
+        save_file(t, str(tmp_path / "c" / name))
+    mf = json.loads((tmp_path / "c" / MANIFEST).read_text()) | {"format": 1}
+    (tmp_path / "c" / MANIFEST).write_text(json.dumps(mf))
+    old = TeacherCache(tmp_path / "c").get([0, 3])
+    torch.testing.assert_close(old.logp, new.logp, atol=2e-3, rtol=1e-3)
+    assert torch.equal(old.ids, new.ids)
+
+
+def full_topk_logp_np(rest, tail):
+    from distilltune.distill.teacher_cache import full_topk_logp
+
+    return full_topk_logp(rest.float(), tail.float()).half()

@@ -6,11 +6,15 @@ runs once over the *assembled* training examples (exactly the token ids the stud
 stores, per distilled position (row-major; the answer positions ``labels[1:] != IGNORE_INDEX``, or
 every position when distilling at the prompt too — ``forward.kd_mask``):
 
-- ``logp``  [n, k] float16 — the top-k log-probabilities, descending;
-- ``ids``   [n, k] uint16 when the vocabulary fits in 16 bits, else int32;
-- ``tail``  [n]    float16 — log of the probability mass outside the top-k (the "rest" bucket).
+- ``ids``   [n, k]   uint16 when the vocabulary fits in 16 bits, else int32 — the top-k ids, descending;
+- ``logp``  [n, k-1] float16 — the log-probabilities of ranks 2..k;
+- ``tail``  [n]      float16 — log of the probability mass outside the top-k (the "rest" bucket).
 
-At k=32 that is 130 bytes per position (128 + 2 for the tail). Shards
+The top-1 log-probability is not stored: it is ``log(1 - Σ ranks 2..k - tail)``, recovered on read
+(``full_topk_logp``). The top-1 is the largest probability of the row, so the fp16 rounding of the
+others moves its log by about as much as storing it in fp16 would; the tail keeps its own fp16 log,
+which reverse-KL-type losses need when it is tiny. At k=32 that is 128 bytes per position (4·k).
+(Format 1 stored all k log-probabilities and the tail, 4·k + 2 bytes; it is still read.) Shards
 (``shard-00000.safetensors`` ...) hold whole examples and are written atomically one by one;
 ``index.safetensors`` maps example → (shard, start, count); ``manifest.json`` is written last, so a
 directory without it is an unfinished build (resumed shard by shard, never read).
@@ -44,7 +48,8 @@ from distilltune.data.chat import IGNORE_INDEX, Example, collate
 from distilltune.errors import UserError
 from distilltune.io import atomic_write_bytes, atomic_write_json
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
 MANIFEST = "manifest.json"
 INDEX = "index.safetensors"
 _NP_DTYPES = {"F16": np.float16, "F32": np.float32, "U16": np.uint16, "I32": np.int32, "I64": np.int64}
@@ -234,7 +239,7 @@ class TeacherCache:
         if not mf.is_file():
             raise UserError(f"{self.path}: not a complete teacher cache (no {MANIFEST})")
         self.manifest = json.loads(mf.read_text())
-        if self.manifest.get("format") != FORMAT_VERSION:
+        if self.manifest.get("format") not in READABLE_FORMATS:
             raise UserError(
                 f"{self.path}: teacher cache format {self.manifest.get('format')} is not supported"
             )
@@ -271,6 +276,7 @@ class TeacherCache:
             raise UserError(f"{self.path}: lengths differ from the training data at examples {bad[:5]}")
 
     def get(self, indices: Sequence[int]) -> CachedTargets:
+        """The cached positions of ``indices`` (in that order), full top-k log-probs restored."""
         logp, ids, tail, counts = [], [], [], []
         for i in indices:
             shard = self._shards[self._shard_of[i]]
@@ -280,12 +286,31 @@ class TeacherCache:
             ids.append(shard["ids"][a:b])
             tail.append(shard["tail"][a:b])
             counts.append(b - a)
+        logp_t = torch.from_numpy(np.concatenate(logp).astype(np.float32))
+        tail_t = torch.from_numpy(np.concatenate(tail).astype(np.float32))
+        if self.manifest["format"] >= 2:
+            logp_t = full_topk_logp(logp_t, tail_t)
         return CachedTargets(
-            logp=torch.from_numpy(np.concatenate(logp).astype(np.float32)),
+            logp=logp_t,
             ids=torch.from_numpy(np.concatenate(ids).astype(np.int64)),
-            tail=torch.from_numpy(np.concatenate(tail).astype(np.float32)),
+            tail=tail_t,
             counts=counts,
         )
+
+
+def full_topk_logp(rest_logp: torch.Tensor, tail_logp: torch.Tensor) -> torch.Tensor:
+    """Ranks 2..k [n, k-1] + log tail [n] → all k log-probs [n, k]: the top-1 is what the rest leave.
+
+    Rounding can leave a top-1 below rank 2 (or nothing at all) when the row is nearly flat; it is
+    then clamped to rank 2's value, as the largest probability of the row must be.
+    """
+    from distilltune.distill.losses import LOG_FLOOR
+
+    left = 1.0 - rest_logp.exp().sum(-1) - tail_logp.exp()
+    top1 = torch.log(left.clamp(min=0.0)).clamp(min=LOG_FLOOR)
+    if rest_logp.shape[-1]:
+        top1 = torch.maximum(top1, rest_logp[:, 0])
+    return torch.cat([top1[:, None], rest_logp], dim=-1)
 
 
 # --- building -------------------------------------------------------------------------------------------
@@ -391,7 +416,7 @@ def build_teacher_cache(
         if path.is_file():
             arrays, meta = _memmap_safetensors(path)
             if meta.get("key") == key and meta.get("range") == f"{a}:{b}":
-                masses.append(np.exp(arrays["logp"].astype(np.float32)).sum(-1))
+                masses.append(-np.expm1(arrays["tail"].astype(np.float32)))
                 label_nll_sum += float(meta.get("label_nll_sum", 0.0))
                 label_n += int(meta.get("label_n", 0))
                 vocab = vocab or int(meta["vocab"])
@@ -414,10 +439,11 @@ def build_teacher_cache(
         vocab = vocab or _vocab_size(model)
         id_dtype = torch.uint16 if vocab <= 1 << 16 else torch.int32
         logp = torch.cat([per_ex[i][0] for i in range(len(part))]).to(torch.float16)
+        tail = torch.cat([per_ex[i][2] for i in range(len(part))]).to(torch.float16)
         tensors = {
-            "logp": logp.contiguous(),
+            "logp": logp[:, 1:].contiguous(),  # the top-1 is recovered on read (module docstring)
             "ids": torch.cat([per_ex[i][1] for i in range(len(part))]).to(id_dtype).contiguous(),
-            "tail": torch.cat([per_ex[i][2] for i in range(len(part))]).to(torch.float16).contiguous(),
+            "tail": tail.contiguous(),
         }
         meta = {
             "key": key,
@@ -427,7 +453,7 @@ def build_teacher_cache(
             "label_n": str(shard_n),
         }
         atomic_write_bytes(path, safetensors_bytes(tensors, metadata=meta))
-        masses.append(logp.float().exp().sum(-1).numpy())
+        masses.append(-np.expm1(tail.float().numpy()))
         if log:
             log(f"teacher cache: shard {si + 1}/{len(plan)} ({b} of {len(examples)} examples)")
     starts = np.zeros(len(counts), dtype=np.int64)
@@ -458,7 +484,7 @@ def build_teacher_cache(
         "n_examples": len(examples),
         "n_positions": n_pos,
         "shards": names,
-        "payload_bytes_per_token": k * 2 + k * (2 if (vocab or 0) <= 1 << 16 else 4) + 2,
+        "payload_bytes_per_token": (k - 1) * 2 + 2 + k * (2 if (vocab or 0) <= 1 << 16 else 4),
         "file_bytes": shard_bytes,
         "file_bytes_per_token": round(shard_bytes / max(n_pos, 1), 2),
         "topk_mass": {
@@ -555,6 +581,7 @@ __all__ = [
     "cache_key",
     "ensure_teacher_cache",
     "examples_fingerprint",
+    "full_topk_logp",
     "n_targets",
     "teacher_fingerprint",
     "teacher_topk",
