@@ -12,7 +12,7 @@ Re-running the same command skips finished work and resumes an interrupted run, 
 killed halfway costs only the stage that was running. A strategy that fails is reported with its
 error (and its dependents are skipped) instead of sinking the whole comparison; configuration
 problems are found before anything runs. All strategies share one knowledge index and one teacher
-top-k cache (its key covers teacher weights, data, prompt assembly and k).
+top-k cache (its key covers teacher weights, data, prompt assembly, k and positions).
 """
 
 from __future__ import annotations
