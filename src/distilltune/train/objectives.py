@@ -22,38 +22,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distilltune.data.chat import IGNORE_INDEX
+from distilltune.distill.forward import body_and_head, loss_mask  # one body/head split for both objectives
 
 Objective = Callable[[nn.Module, dict[str, torch.Tensor], int], tuple[torch.Tensor, dict[str, float]]]
-
-
-def loss_mask(labels: torch.Tensor) -> torch.Tensor:
-    """[B, T] labels → [B, T-1] bool: position t predicts labels[t + 1]."""
-    return labels[:, 1:] != IGNORE_INDEX
 
 
 def loss_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(rows, cols) of the predicting positions, in the order ``answer_logits`` returns them."""
     rows, cols = loss_mask(labels).nonzero(as_tuple=True)
     return rows, cols
-
-
-def _uses_prompt_learning(model: nn.Module) -> bool:
-    cfg = getattr(model, "peft_config", None)
-    if not cfg:
-        return False
-    return any(getattr(c, "is_prompt_learning", False) for c in cfg.values())
-
-
-def _body_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
-    """The decoder body (returns last_hidden_state) and the output projection, if the model has them."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    get_decoder = getattr(base, "get_decoder", None)
-    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
-    body = get_decoder() if get_decoder is not None else None
-    if body is None or head is None or body is base:
-        return None
-    return body, head
 
 
 def answer_logits(
@@ -73,7 +50,7 @@ def answer_logits(
     if mask is None:
         mask = loss_mask(labels)
     targets = labels[:, 1:][mask]
-    parts = None if _uses_prompt_learning(model) else _body_and_head(model)
+    parts = body_and_head(model)
     if parts is None:
         logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
         return logits[:, :-1][mask], targets
