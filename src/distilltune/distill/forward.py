@@ -5,7 +5,7 @@ Which positions the student imitates the teacher at (``KD_POSITIONS``):
 - ``answer`` — where the training labels are (the answer tokens), as supervised fine-tuning;
 - ``all``    — every real token the teacher reads: system prompt, retrieved context, question and
   answer. The teacher's distribution over the prompt is knowledge too (how the knowledge base's
-  passages read, what follows what); on the bundled task it is ~10x more teacher signal per example,
+  passages read, what follows what); on the bundled task it is ~14x more teacher signal per example,
   and it is what lets a freshly pruned student beat label-only fine-tuning (benchmarks/distill.py
   ``--quality``). The label cross-entropy stays on the answer tokens either way.
 
