@@ -115,9 +115,12 @@ def answer_states(
     labels: torch.Tensor,
     output_hidden_states: bool = False,
     positions: str = "answer",
+    mask: torch.Tensor | None = None,
 ) -> AnswerStates:
-    """Run ``model``'s body on a batch and gather the ``positions`` (see module docstring)."""
-    mask = kd_mask(labels, attention_mask, positions)
+    """Run ``model``'s body on a batch and gather the ``positions`` (see module docstring), or the
+    positions of an explicit [B, T-1] ``mask``."""
+    if mask is None:
+        mask = kd_mask(labels, attention_mask, positions)
     targets = labels[:, 1:][mask]
     parts = body_and_head(model)
     kw = {"output_hidden_states": True} if output_hidden_states else {}

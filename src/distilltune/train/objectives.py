@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distilltune.distill.forward import body_and_head, loss_mask  # one body/head split for both objectives
+from distilltune.distill.forward import answer_states, loss_mask  # one forward for both objectives
 
 Objective = Callable[[nn.Module, dict[str, torch.Tensor], int], tuple[torch.Tensor, dict[str, float]]]
 
@@ -47,16 +47,8 @@ def answer_logits(
     (with a full forward) prompt-learning PEFT models, whose virtual tokens only the PEFT wrapper's
     forward adds.
     """
-    if mask is None:
-        mask = loss_mask(labels)
-    targets = labels[:, 1:][mask]
-    parts = body_and_head(model)
-    if parts is None:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-        return logits[:, :-1][mask], targets
-    body, head = parts
-    hidden = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-    return head(hidden[:, :-1][mask]), targets
+    st = answer_states(model, input_ids, attention_mask, labels, mask=mask)
+    return (st.logits if st.logits is not None else st.logits_chunk(0, st.n)), st.targets
 
 
 class AnswerLogitsModel(nn.Module):
