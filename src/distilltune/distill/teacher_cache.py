@@ -184,8 +184,14 @@ def cache_key(
     dtype: str = "float32",
     positions: str = "answer",
 ) -> str:
-    fields = {"v": FORMAT_VERSION, "teacher": teacher_fp, "tok": tokenizer_fp, "data": data_fp, "k": k}
-    fields["dtype"] = dtype
+    fields = {
+        "v": FORMAT_VERSION,
+        "teacher": teacher_fp,
+        "tok": tokenizer_fp,
+        "data": data_fp,
+        "k": k,
+        "dtype": dtype,
+    }
     if positions != "answer":  # answer-position caches keep the keys they had before positions existed
         fields["positions"] = positions
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:24]
