@@ -34,8 +34,10 @@ def _preset(config_yaml: Path) -> dict:
     import yaml
 
     cfg = yaml.safe_load(config_yaml.read_text())
-    keep = ("preset", "train_limit", "eval_limit", "behaviour_limit", "max_new_tokens", "steps")
-    return {k: cfg.get(k) for k in keep} | {"seqkd_prompts": cfg.get("seqkd_prompts")}
+    keep = ("preset", "seed", "train_limit", "eval_limit", "behaviour_limit", "max_new_tokens", "steps",
+            "max_length", "teacher_lora", "teacher_lora_lr", "student", "student_layers", "seqkd_prompts",
+            "seqkd_max_new_tokens", "efficiency_prompts", "efficiency_time_budget_s")  # fmt: skip
+    return {k: cfg.get(k) for k in keep}
 
 
 def run(out: Path, home: Path, extra: list[str]) -> dict:
@@ -62,15 +64,69 @@ def run(out: Path, home: Path, extra: list[str]) -> dict:
         "load_avg_1m_after": round(os.getloadavg()[0], 2),
         "preset": _preset(out / "config.yaml"),
         "overrides": extra,
-        "recommendation": {"strategy": rec.get("strategy"), "reason": rec.get("reason")},
-        "strategies": {
-            s["name"]: {
-                "quality": (s.get("quality") or {}).get("primary"),
-                "fact_recall": (s.get("quality") or {}).get("fact_recall"),
-                "p95_ms": (s.get("efficiency") or {}).get("latency_p95_ms"),
-            }
-            for s in report.get("strategies", [])
+        "recommendation": {
+            k: rec.get(k)
+            for k in (
+                "strategy",
+                "rule",
+                "reason",
+                "tied_with_anchor",
+                "still_tied",
+                "stability",
+                "separation",
+            )
         },
+        "real_differences": [
+            {k: c[k] for k in ("score", "strategy", "reference", "diff", "diff_ci95", "verdict")}
+            for c in report.get("pairwise", [])
+            if c["verdict"] in ("better", "worse")
+        ],
+        "student_layers": _json(out / "student_layers.json"),
+        "strategies": {s["name"]: _strategy(out, s) for s in report.get("strategies", [])},
+    }
+
+
+def _json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _strategy(out: Path, s: dict) -> dict:
+    """The aggregates the report holds, plus what a reader wants to see: routes and sample answers."""
+    q, e = s.get("quality") or {}, s.get("efficiency") or {}
+    keys = ("primary", "ci95", "model_primary", "fact_recall", "fact_recall_graded", "answer_nll",
+            "answer_nll_ci95", "guard_answered_share", "refusal_accuracy")  # fmt: skip
+    items = [json.loads(x) for x in (out / "evals" / s["name"] / "items.jsonl").read_text().splitlines()]
+    evals = [r for r in items if r.get("suite") == "eval"]
+    routes: dict[str, int] = {}
+    for r in evals:
+        routes[r["route"]] = routes.get(r["route"], 0) + 1
+    answered = [r for r in evals if not r.get("expected_refusal")]
+    seq = _json(out / "runs" / s["name"] / "sequence" / "summary.json")
+    return {
+        **{k: q.get(k) for k in keys},
+        "p95_ms": e.get("latency_p95_ms"),
+        "p95_ci95_ms": e.get("latency_p95_ci95"),
+        "timed_requests": len(e.get("latency_samples") or []),
+        "peak_rss_mb": e.get("peak_rss_mb"),
+        "decode_tok_s": e.get("decode_tok_s"),
+        "training_s": (s.get("training") or {}).get("wall_s"),
+        "eval_routes": routes,
+        "refused": sum(bool(r.get("refused")) for r in evals),
+        "over_refused": sum(bool(r.get("refused")) for r in answered),
+        "sequence_kd_kept": None
+        if seq is None
+        else {k: seq.get(k) for k in ("prompts", "kept", "kept_share", "dropped_by_reason")},
+        "samples": [
+            {
+                "id": r["id"],
+                "reference": r.get("reference"),
+                "answer": r.get("answer"),
+                "facts": r.get("facts"),
+                "fact_recall": r.get("fact_recall"),
+                "route": r.get("route"),
+            }
+            for r in answered[:3]
+        ],
     }
 
 

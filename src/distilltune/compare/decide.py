@@ -1,14 +1,19 @@
 """Budgets, Pareto frontiers and the recommendation.
 
-The rule, in order:
+The rule, in order (every "tied" and "cheaper" clears its own noise; see ``ties``):
 
 1. Among the strategies that meet every budget (p95 latency, peak memory, minimum quality), take the
-   best-quality one (the *anchor*). Among the anchor and the budget-meeting strategies statistically
-   tied with it (``stats.compare_items`` says "tie"), recommend the cheapest: lowest p95 latency,
-   then lowest peak memory. A difference inside the noise of the eval set buys nothing.
-2. When no strategy meets every budget, recommend the point on the Pareto frontier (quality up,
-   latency and memory down) nearest to the budgets: smallest root-sum-square of the relative
-   shortfalls, so 10 % over the latency budget weighs the same as 10 % over the memory budget.
+   best-quality one (the *anchor*) and the strategies statistically tied with it
+   (``stats.compare_items`` says "tie"). ``ties.break_tie`` picks among them: lower latency beyond the
+   bootstrap intervals, then memory, size, the secondary quality signal (reference-answer NLL), and
+   training cost, each only when the difference is beyond its margin. What none of these separates
+   is reported as a tie, by name.
+2. When no strategy meets every budget but some meet the cost budgets (latency and memory), only
+   quality is missed: the same choice among those (rule ``best-within-cost-budgets``).
+3. Otherwise, the Pareto-frontier points (quality up, latency and memory down) nearest to the budgets
+   (smallest root-sum-square of the relative shortfalls, so 10 % over the latency budget weighs the
+   same as 10 % over the memory budget); points whose distance is within the latency noise of the
+   nearest one are compared on quality and their ties broken as above.
 
 A budget whose metric was not measured is not met: the report never assumes a number.
 The reason is one sentence with the numbers that decided it. Pure functions; the caller injects the
@@ -23,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 
 from distilltune.compare import fmt
 from distilltune.compare.stats import Comparison
+from distilltune.compare.ties import Costs, TieBreak, break_tie
 from distilltune.task import Budgets
 
 
@@ -34,6 +40,9 @@ class Candidate:
     quality: float | None
     latency_p95_ms: float | None
     memory_mb: float | None
+    latency_ci: tuple[float, float] | None = None  # bootstrap interval of the p95
+    size_bytes: float | None = None
+    train_s: float | None = None  # training wall time, the runs it starts from included
 
 
 @dataclass(frozen=True)
@@ -58,9 +67,10 @@ class Recommendation:
     strategy: str | None
     reason: str
     meets_budgets: bool
-    rule: str  # "best-within-budgets" | "tied-and-cheaper" | "nearest-to-budgets" | "none"
+    rule: str  # one of RULES
     anchor: str | None = None  # best-quality strategy within budgets, whose ties were considered
     tied_with_anchor: list[str] = field(default_factory=list)
+    still_tied: list[str] = field(default_factory=list)  # tied with the pick on every measured axis
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -202,12 +212,41 @@ def best_quality(cands: Sequence[Candidate]) -> Candidate | None:
     return min(measured, key=_by_quality) if measured else None
 
 
+def _costs(c: Candidate) -> Costs:
+    return Costs(c.name, c.latency_p95_ms, c.latency_ci, c.memory_mb, c.size_bytes, c.train_s)
+
+
+def _tie_text(tb: TieBreak) -> str:
+    text = f"; among the tied, {'; '.join(tb.steps)}" if tb.steps else ""
+    if tb.still_tied:
+        text += (
+            f"; it remains tied with {', '.join(tb.still_tied)} on every measured axis "
+            "(picked on the p95 point estimate: the evidence does not separate them)"
+        )
+    return text
+
+
+def _choose(
+    pool: Sequence[Candidate], compare: Callable[[str, str], Comparison], secondary
+) -> tuple[Candidate, Candidate, list[Candidate], TieBreak]:
+    """(pick, anchor, tied): the best-quality candidate of ``pool`` and its ties, broken by ``ties``."""
+    anchor = min(pool, key=_by_quality)
+    tied = [c for c in pool if c is not anchor and compare(c.name, anchor.name).verdict == "tie"]
+    tb = break_tie([_costs(c) for c in [anchor, *tied]], secondary)
+    pick = next(c for c in pool if c.name == tb.pick)
+    return pick, anchor, tied, tb
+
+
 def recommend(
     cands: Sequence[Candidate],
     budgets: Budgets,
     compare: Callable[[str, str], Comparison],
+    secondary: Callable[[str, str], bool] | None = None,
 ) -> Recommendation:
-    """Pick one strategy under ``budgets``; ``compare(a, b)`` compares strategy a with reference b."""
+    """Pick one strategy under ``budgets``; ``compare(a, b)`` compares strategy a with reference b.
+
+    ``secondary(a, b)``: a is significantly better than b on the secondary quality signal (ties only).
+    """
     measured = [c for c in cands if c.quality is not None]
     if not measured:
         return Recommendation(
@@ -216,23 +255,10 @@ def recommend(
     checks = {c.name: check_budgets(c, budgets) for c in measured}
     best = min(measured, key=_by_quality)  # == best_quality(cands)
     within = [c for c in measured if all(ch.ok for ch in checks[c.name])]
-
     if not within:
-        flags = frontier_flags(measured)
-        front = [c for c in measured if flags[c.name]["overall"]]
-        pick = min(front, key=lambda c: (budget_distance(checks[c.name]), *_by_quality(c)))
-        met = [ch.text for ch in checks[pick.name] if ch.ok]
-        reason = (
-            f"No strategy meets every budget; {pick.name} is the Pareto-frontier point nearest to them, "
-            f"with quality {fmt.quality(pick.quality)}: it misses {_missed_text(checks[pick.name])}"
-            + (f" and meets {', '.join(met)}" if met else "")
-            + "."
-        )
-        return Recommendation(pick.name, reason, False, "nearest-to-budgets")
+        return _recommend_outside(measured, checks, compare, secondary)
 
-    anchor = min(within, key=_by_quality)
-    tied = [c for c in within if c is not anchor and compare(c.name, anchor.name).verdict == "tie"]
-    pick = min([anchor, *tied], key=_cheapness)
+    pick, anchor, tied, tb = _choose(within, compare, secondary)
     tied_names = [c.name for c in tied]
     what = "the best quality" if anchor is best else "the best quality within budgets"
     head = f"{pick.name} {_meets_text(checks[pick.name])}"
@@ -247,7 +273,7 @@ def recommend(
     else:
         reason = f"{head} and has {what} ({fmt.quality(pick.quality)})"
         if tied:
-            reason += f"; it is also the cheapest of the strategies tied with it ({', '.join(tied_names)})"
+            reason += f"; it is statistically tied with {', '.join(tied_names)}"
         else:
             others = sorted((c for c in within if c is not pick), key=_by_quality)
             if others:
@@ -255,6 +281,7 @@ def recommend(
                 ahead = "significantly ahead of" if cmp.verdict == "worse" else "ahead of"
                 reason += f", {ahead} {others[0].name} ({fmt.quality(others[0].quality)}, {_ci_text(cmp)})"
         rule = "best-within-budgets"
+    reason += _tie_text(tb)
     if anchor is not best:
         reason += (
             f"; the best overall, {best.name} ({fmt.quality(best.quality)}), "
@@ -263,4 +290,73 @@ def recommend(
         vs_best = compare(pick.name, best.name)
         if vs_best.verdict == "tie":
             reason += f", and {pick.name} is statistically tied with it ({_ci_text(vs_best)})"
-    return Recommendation(pick.name, reason + ".", True, rule, anchor.name, tied_names)
+    return Recommendation(pick.name, reason + ".", True, rule, anchor.name, tied_names, tb.still_tied)
+
+
+def _recommend_outside(
+    measured: list[Candidate], checks: dict[str, list[BudgetCheck]], compare, secondary
+) -> Recommendation:
+    """No strategy meets every budget: respect the cost budgets first, then the nearest frontier point.
+
+    When some strategies fit the latency and memory budgets, only quality is missed: the best of
+    those (ties broken as within budgets) is the honest answer. Otherwise the Pareto-frontier points
+    whose distance to the budgets is tied with the nearest one (the optimistic end of one's latency
+    interval reaches the other's pessimistic end) are compared on quality, and their ties broken.
+    """
+    fits_cost = [c for c in measured if all(ch.ok for ch in checks[c.name] if ch.budget != "min_quality")]
+    if fits_cost:
+        pick, anchor, tied, tb = _choose(fits_cost, compare, secondary)
+        reason = (
+            f"No strategy meets every budget; {pick.name} is the best-quality strategy within the cost "
+            f"budgets ({fmt.quality(pick.quality)}): it misses {_missed_text(checks[pick.name])}"
+        )
+        if pick is not anchor:
+            reason += f", statistically tied with {anchor.name} ({fmt.quality(anchor.quality)}, {_ci_text(compare(pick.name, anchor.name))})"
+        elif tied:
+            reason += f", statistically tied with {', '.join(c.name for c in tied)}"
+        reason += _tie_text(tb) + "."
+        return Recommendation(
+            pick.name,
+            reason,
+            False,
+            "best-within-cost-budgets",
+            anchor.name,
+            [c.name for c in tied],
+            tb.still_tied,
+        )
+    flags = frontier_flags(measured)
+    front = [c for c in measured if flags[c.name]["overall"]]
+    nearest = min(front, key=lambda c: (budget_distance(checks[c.name]), *_by_quality(c)))
+    reach = _distance_bounds(nearest, checks)[1]
+    close = [c for c in front if _distance_bounds(c, checks)[0] <= reach]
+    pick, anchor, tied, tb = _choose(close, compare, secondary)
+    met = [ch.text for ch in checks[pick.name] if ch.ok]
+    reason = (
+        f"No strategy meets every budget; {pick.name} is the Pareto-frontier point nearest to them, "
+        f"with quality {fmt.quality(pick.quality)}: it misses {_missed_text(checks[pick.name])}"
+        + (f" and meets {', '.join(met)}" if met else "")
+    )
+    others = [c.name for c in close if c is not pick]
+    if others:
+        reason += (
+            f"; within the latency noise, {', '.join(others)} {'is' if len(others) == 1 else 'are'} as near"
+        )
+    reason += _tie_text(tb) + "."
+    return Recommendation(
+        pick.name, reason, False, "nearest-to-budgets", anchor.name, [c.name for c in tied], tb.still_tied
+    )
+
+
+def _distance_bounds(c: Candidate, checks: dict[str, list[BudgetCheck]]) -> tuple[float, float]:
+    """(optimistic, pessimistic) budget distance, taking p95 at either end of its interval."""
+    if c.latency_ci is None:
+        d = budget_distance(checks[c.name])
+        return d, d
+    out = []
+    for p95 in c.latency_ci:
+        alt = [
+            ch if ch.budget != "latency_p95_ms" else _cost_check(ch.budget, "", "", fmt.ms, p95, ch.limit)
+            for ch in checks[c.name]
+        ]
+        out.append(budget_distance(alt))
+    return min(out), max(out)

@@ -13,6 +13,7 @@ from pathlib import Path
 import jinja2
 
 from distilltune.compare import fmt, plots
+from distilltune.compare.evidence import evidence_markdown, evidence_view
 
 TEMPLATES = Path(__file__).parent / "templates"
 VERDICT_LABELS = {
@@ -26,11 +27,16 @@ VERDICT_LABELS = {
 RULE_LABELS = {
     "best-within-budgets": "best quality within budgets",
     "tied-and-cheaper": "tied with the best, and cheaper",
+    "best-within-cost-budgets": "no strategy meets every budget: best within the latency and memory budgets",
     "nearest-to-budgets": "no strategy meets every budget: nearest frontier point",
     "none": "no recommendation",
 }
 QUALITY_DETAILS = [
+    ("model_primary", "quality, model-answered"),
+    ("guard_answered_share", "answered by the guard"),
     ("fact_recall", "fact recall"),
+    ("fact_recall_graded", "graded fact recall"),
+    ("answer_nll", "answer NLL ↓"),
     ("token_f1", "token F1"),
     ("rouge_l", "ROUGE-L"),
     ("refusal_accuracy", "refusal accuracy"),
@@ -95,6 +101,9 @@ def _row(s: dict, cmp: dict | None, colors: dict, winner: str | None) -> dict:
         "verdict": s["verdict_vs_best"],
         "verdict_label": VERDICT_LABELS.get(s["verdict_vs_best"], s["verdict_vs_best"]),
         "p95": fmt.ms(e["latency_p95_ms"]),
+        "p95_ci": "—"
+        if not e.get("latency_p95_ci95")
+        else "{:.0f}..{:.0f} ms".format(*e["latency_p95_ci95"]),
         "p50": fmt.ms(e["latency_p50_ms"]),
         "memory": fmt.mb(e["peak_rss_mb"]),
         "size": fmt.size(e["size_bytes"]),
@@ -186,6 +195,7 @@ def view(report: dict, figures: bool = True) -> dict:
             "reproduce": win["commands"]["reproduce"] if win else None,
         },
         "rows": rows,
+        "evidence": evidence_view(report),
         "figures": figs,
         "commands": list(report["commands"].items()),
         "any_failures": any(r["n_failures"] for r in rows),
@@ -244,7 +254,8 @@ def render_markdown(report: dict) -> str:
         lines += ["", *_table([k[0] for k in rec["kpis"]], [[f"{k[1]} ({k[2]})" for k in rec["kpis"]]])]
     if rec["serve"]:
         lines += ["", "Serve it:", "", *_code(rec["serve"])]
-    lines += ["", "## Strategies", ""]
+    lines += ["", *evidence_markdown(v["evidence"], _table)]
+    lines += ["## Strategies", ""]
     lines += _table(
         ["strategy", "kind", "quality", "95% CI", "Δ vs best", "95% CI of Δ", "McNemar p", "verdict",
          "p95 latency", "peak memory", "size", "training", "cost", "budgets", "Pareto"],
@@ -271,9 +282,9 @@ def render_markdown(report: dict) -> str:
     )  # fmt: skip
     lines += ["", "## Efficiency and training", ""]
     lines += _table(
-        ["strategy", "params", "size", "load", "p50", "p95", "prefill", "decode", "peak memory", "steps",
-         "tokens", "training", "cost"],
-        [[r["name"], r["params"], r["size"], r["load"], r["p50"], r["p95"], r["prefill"], r["decode"],
+        ["strategy", "params", "size", "load", "p50", "p95", "p95 95% CI", "prefill", "decode", "peak memory",
+         "steps", "tokens", "training", "cost"],
+        [[r["name"], r["params"], r["size"], r["load"], r["p50"], r["p95"], r["p95_ci"], r["prefill"], r["decode"],
           r["memory"], r["steps"], r["tokens"], r["train_time"], r["cost"]] for r in v["rows"]],
     )  # fmt: skip
     if v["any_failures"]:

@@ -24,6 +24,14 @@ from pydantic import Field
 from distilltune import __version__
 from distilltune.compare import stats
 from distilltune.compare.decide import Candidate, best_quality, check_budgets, frontier_flags, recommend
+from distilltune.compare.pairs import (
+    SECONDARY_SCORES,
+    comparison_entry,
+    evidence,
+    fine_tunes,
+    pairwise,
+    secondary_comparer,
+)
 from distilltune.compare.schema import SCHEMA_VERSION, validate_report
 from distilltune.config import StrictModel
 from distilltune.io import atomic_write_json, atomic_write_text
@@ -54,6 +62,10 @@ class StrategyResult(StrictModel):
     serve_command: str | None = None
     run_dir: str | None = None
     error: str | None = None
+    base: str | None = Field(default=None, description="the strategy this one fine-tunes, if evaluated")
+    train_total_s: float | None = Field(
+        default=None, ge=0, description="training wall time with the runs this one starts from"
+    )
 
 
 def _num(x: Any) -> float | None:
@@ -138,7 +150,19 @@ def _strategy_entry(r: StrategyResult, settings: dict) -> dict:
         iv = stats.bootstrap_mean_ci(scores, settings["resamples"], settings["confidence"], settings["seed"])
         ci = [iv.low, iv.high]
     quality.update({"primary": primary, "ci95": ci, "n_items": _int(quality.get("n_items")) or len(scores)})
+    for key in SECONDARY_SCORES:
+        vals = stats.item_scores([i for i in per_item if isinstance(i, dict)], key)
+        if vals:
+            iv = stats.bootstrap_mean_ci(
+                vals, settings["resamples"], settings["confidence"], settings["seed"]
+            )
+            quality[f"{key}_ci95"] = [iv.low, iv.high]  # type: ignore[assignment]
     eff = ev.get("efficiency") if isinstance(ev.get("efficiency"), dict) else {}
+    samples = [x for x in (_get(eff, "latency_ms", "samples") or []) if _num(x) is not None]
+    p95_ci = None
+    if len(samples) >= 2:
+        iv = stats.quantile_ci(samples, 95, settings["resamples"], settings["confidence"], settings["seed"])
+        p95_ci = [iv.low, iv.high]
     failures = _failures(ev)
     return {
         "name": r.name,
@@ -162,11 +186,14 @@ def _strategy_entry(r: StrategyResult, settings: dict) -> dict:
             "peak_rss_mb": _num(eff.get("peak_rss_mb")),
             "latency_p50_ms": _num(_get(eff, "latency_ms", "p50")),
             "latency_p95_ms": _num(_get(eff, "latency_ms", "p95")),
+            "latency_p95_ci95": p95_ci,
+            "latency_samples": samples,
             "prefill_tok_s": _num(eff.get("prefill_tok_s")),
             "decode_tok_s": _num(eff.get("decode_tok_s")),
         },
         "training": {
             "wall_s": r.wall_s,
+            "total_wall_s": r.train_total_s,
             "steps": r.steps,
             "tokens": r.tokens,
             "price_per_hour": r.price_per_hour,
@@ -180,28 +207,22 @@ def _strategy_entry(r: StrategyResult, settings: dict) -> dict:
 
 def _candidate(s: dict) -> Candidate:
     q = None if s["error"] else s["quality"]["primary"]
-    return Candidate(s["name"], q, s["efficiency"]["latency_p95_ms"], s["efficiency"]["peak_rss_mb"])
-
-
-def _comparison_entry(a: str, b: str, c: stats.Comparison) -> dict:
-    return {
-        "strategy": a,
-        "reference": b,
-        "n_items": c.n_items,
-        "mean": c.mean_a,
-        "reference_mean": c.mean_b,
-        "diff": None if c.diff is None else c.diff.estimate,
-        "diff_ci95": None if c.diff is None else [c.diff.low, c.diff.high],
-        "mcnemar": None
-        if c.mcnemar is None
-        else {
-            "only_strategy_pass": c.mcnemar.only_a,
-            "only_reference_pass": c.mcnemar.only_b,
-            "p_value": c.mcnemar.p_value,
-            "method": c.mcnemar.method,
-        },
-        "verdict": c.verdict,
-    }
+    e = s["efficiency"]
+    ci = e["latency_p95_ci95"]
+    train = (
+        s["training"]["total_wall_s"]
+        if s["training"]["total_wall_s"] is not None
+        else s["training"]["wall_s"]
+    )
+    return Candidate(
+        s["name"],
+        q,
+        e["latency_p95_ms"],
+        e["peak_rss_mb"],
+        tuple(ci) if ci else None,
+        e["size_bytes"],
+        train if s["kind"] != "teacher" else 0.0,
+    )
 
 
 def analyse(
@@ -254,8 +275,10 @@ def analyse(
         else:
             s["verdict_vs_best"] = compare(c.name, best.name).verdict  # type: ignore[union-attr]
 
-    rec = recommend(cands, budgets, compare)
+    secondary = secondary_comparer(items, resamples, settings, seed)
+    rec = recommend(cands, budgets, compare, secondary)
     winner = next((r for r in results if r.name == rec.strategy), None)
+    evidence_ = evidence(rec, cands, entries, items, budgets, resamples, settings, seed)
     report = {
         "schema_version": SCHEMA_VERSION,
         "task": task_name,
@@ -274,8 +297,13 @@ def analyse(
                 "price_per_hour": winner.price_per_hour if winner else None,
             },
             "serve_command": winner.serve_command if winner else None,
+            **evidence_,
         },
-        "comparisons": [_comparison_entry(a, b, c) for (a, b), c in cache.items()],
+        "comparisons": [comparison_entry(a, b, c) for (a, b), c in cache.items()],
+        "fine_tunes": fine_tunes(results, compare),
+        "pairwise": pairwise(
+            items, [c.name for c in cands if c.quality is not None], resamples, settings, seed
+        ),
         "commands": dict(commands or {}),
     }
     return report

@@ -22,11 +22,12 @@ import shlex
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from distilltune.compare.config import CompareConfig
+from distilltune.compare.progress import Progress, Stage, StageReporter
 from distilltune.compare.strategies import STRATEGIES, training_order
+from distilltune.compare.students import resolve_student
 from distilltune.compare.subset import write_task_view
 from distilltune.config import to_yaml
 from distilltune.errors import UserError
@@ -35,14 +36,6 @@ from distilltune.task import Budgets, load_task
 
 VIEW_STAMP = ".compare-view.json"
 STAGE_TIMES = "stage_times.json"
-
-
-@dataclass
-class Stage:
-    strategy: str
-    action: str  # "train" | "evaluate"
-    weight: float  # estimated seconds (quick preset on 2 cores), for the ETA
-    run: Callable[[], None]
 
 
 def _view_fingerprint(cfg: CompareConfig) -> dict:
@@ -100,14 +93,19 @@ def _train_settings(cfg: CompareConfig, steps: int):
     )
 
 
-def training_configs(cfg: CompareConfig, view: Path, out: Path) -> dict[str, object]:
-    """The FinetuneConfig / DistillConfig of every strategy to train (validated before anything runs)."""
+def training_configs(
+    cfg: CompareConfig, view: Path, out: Path, student: str | None = None
+) -> dict[str, object]:
+    """The FinetuneConfig / DistillConfig of every strategy to train (validated before anything runs).
+
+    ``student``: the resolved student spec (``students.resolve_student``); default ``cfg.student_spec()``.
+    """
     from distilltune.distill.config import CacheSettings, DistillConfig
     from distilltune.distill.sequence import SequenceSettings
     from distilltune.train.config import FinetuneConfig
 
     runs = out / "runs"
-    student = cfg.student_spec()
+    student = student or cfg.student_spec()
     common = {"task": str(view), "rag": True, "retrieval": cfg.retrieval}
     make = {
         "teacher-lora": lambda: FinetuneConfig(
@@ -115,7 +113,8 @@ def training_configs(cfg: CompareConfig, view: Path, out: Path) -> dict[str, obj
             model=cfg.teacher,
             method="lora",
             output=str(runs / "teacher-lora"),
-            train=_train_settings(cfg, cfg.steps.teacher_lora),
+            lora=cfg.teacher_lora,
+            train=_train_settings(cfg, cfg.steps.teacher_lora).model_copy(update={"lr": cfg.teacher_lora_lr}),
         ),
         "student-ft": lambda: FinetuneConfig(
             **common,
@@ -149,7 +148,7 @@ def training_configs(cfg: CompareConfig, view: Path, out: Path) -> dict[str, obj
             mode="sequence",
             # Teacher generation dominates this strategy's cost (24 of ~41 training minutes in a quick
             # demo answering all 160 prompts), so the quick preset answers a sample.
-            sequence=SequenceSettings(max_new_tokens=cfg.max_new_tokens, max_prompts=cfg.seqkd_prompts),
+            sequence=SequenceSettings(max_new_tokens=cfg.seqkd_max_new_tokens, max_prompts=cfg.seqkd_prompts),
             train=_train_settings(cfg, cfg.steps.student_seqkd),
         ),
     }
@@ -168,7 +167,10 @@ def evaluate_config(cfg: CompareConfig, view: Path, out: Path, name: str):
         teacher_agreement=False,
         max_new_tokens=cfg.max_new_tokens,
         efficiency=EfficiencySettings(
-            prompts=cfg.efficiency_prompts, warmup=1, max_new_tokens=cfg.max_new_tokens
+            prompts=cfg.efficiency_prompts,
+            warmup=1,
+            max_new_tokens=cfg.max_new_tokens,
+            time_budget_s=cfg.efficiency_time_budget_s,
         ),
     )
 
@@ -197,61 +199,6 @@ def _stage_weight(cfg: CompareConfig, name: str, action: str) -> float:
     steps = getattr(cfg.steps, name.replace("-", "_"))
     extra = {"student-kd": 0.4, "student-seqkd": 0.8}.get(name, 0.0) * (cfg.train_limit or 546)
     return steps * per_step + extra + 15
-
-
-class Progress:
-    """One overall progress line per stage, with elapsed time and a self-calibrating ETA."""
-
-    def __init__(self, stages: list[Stage], log: Callable[[str], None]):
-        self.total = sum(s.weight for s in stages)
-        self.done_weight = 0.0
-        self.started = time.perf_counter()
-        self.n = len(stages)
-        self.log = log
-
-    @staticmethod
-    def _fmt(seconds: float) -> str:
-        m, s = divmod(int(max(seconds, 0)), 60)
-        return f"{m}:{s:02d}"
-
-    def begin(self, i: int, stage: Stage, skipped: bool = False) -> None:
-        elapsed = time.perf_counter() - self.started
-        remaining = self.total - self.done_weight
-        scale = elapsed / self.done_weight if self.done_weight > 60 else 1.0
-        status = "done already, skipping" if skipped else f"ETA {self._fmt(remaining * scale)}"
-        self.log(
-            f"[compare {i}/{self.n}] {stage.strategy} · {stage.action} — elapsed {self._fmt(elapsed)}, {status}"
-        )
-
-    def end(self, stage: Stage, skipped: bool = False) -> None:
-        if not skipped:
-            self.done_weight += stage.weight
-        else:
-            self.total -= stage.weight
-
-
-class StageReporter:
-    """Training progress inside a comparison: its messages and a line every ``every`` updates."""
-
-    def __init__(self, name: str, emit: Callable[[str], None], every: int = 10):
-        self.name, self.emit, self.every = name, emit, every
-
-    def start(self, total_steps: int, done_steps: int, header: str) -> None:
-        self.emit(f"  {self.name}: {header} ({done_steps}/{total_steps} updates done)")
-
-    def log(self, row: dict) -> None:
-        step = row.get("step")
-        if isinstance(step, int) and step % self.every == 0 and "loss" in row:
-            tps = row.get("tokens_per_s")
-            self.emit(
-                f"  {self.name}: step {step} loss {row['loss']:.3f}" + (f", {tps:.0f} tok/s" if tps else "")
-            )
-
-    def message(self, text: str) -> None:
-        self.emit(f"  {self.name}: {text}")
-
-    def close(self) -> None:
-        pass
 
 
 def _read_json(path: Path) -> dict:
@@ -302,7 +249,8 @@ def strategy_result(
     summary = _read_json(run_dir / "train_summary.json") if name != "teacher" else {}
     # Training cost: the whole stage as measured here (model loading, teacher cache or teacher
     # generation included), else the loop's own time.
-    wall = _read_json(out / STAGE_TIMES).get(f"train {name}", summary.get("train_seconds"))
+    times = _read_json(out / STAGE_TIMES)
+    wall = times.get(f"train {name}", summary.get("train_seconds"))
     tps, secs = summary.get("tokens_per_s"), summary.get("train_seconds")
     tokens = int(tps * secs) if isinstance(tps, int | float) and isinstance(secs, int | float) else None
     ev = _read_json(out / "evals" / name / "eval.json")
@@ -325,7 +273,20 @@ def strategy_result(
         serve_command=serve_command(cfg, out, name),
         run_dir=str(run_dir) if name != "teacher" else None,
         error=error,
+        train_total_s=_total_train_s(name, times),
+        base=s.base if s.base in cfg.strategies else None,
     )
+
+
+def _total_train_s(name: str, times: dict) -> float | None:
+    """Training wall time of ``name`` plus the runs it starts from (a blend pays for its source)."""
+    if name == "teacher":
+        return 0.0
+    own = times.get(f"train {name}")
+    if not isinstance(own, int | float):
+        return None
+    deps = [_total_train_s(d, times) for d in STRATEGIES[name].needs]
+    return None if any(d is None for d in deps) else own + sum(deps)  # type: ignore[arg-type]
 
 
 def serve_command(cfg: CompareConfig, out: Path, name: str) -> str:
@@ -357,7 +318,9 @@ def run_compare(cfg: CompareConfig, log: Callable[[str], None] | None = None) ->
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", to_yaml(cfg))
     view = prepare_view(cfg, out)
-    train_cfgs = training_configs(cfg, view, out)  # every config problem before any weight moves
+    needs_student = set(training_order(cfg.strategies)) - {"teacher-lora"}
+    student = resolve_student(cfg, view, out, log) if needs_student else None
+    train_cfgs = training_configs(cfg, view, out, student)  # every config problem before any weight moves
     eval_cfgs = {name: evaluate_config(cfg, view, out, name) for name in cfg.strategies}
     for name, tc in train_cfgs.items():
         atomic_write_text(out / "configs" / f"train-{name}.yaml", to_yaml(tc))

@@ -31,7 +31,7 @@ class MapOf:
 NUM = (int, float)
 INTERVAL = Opt([NUM])  # [low, high]
 VERDICTS = ("best", "tie", "better", "worse", "incomparable", "unmeasured")
-RULES = ("best-within-budgets", "tied-and-cheaper", "nearest-to-budgets", "none")
+RULES = ("best-within-budgets", "tied-and-cheaper", "best-within-cost-budgets", "nearest-to-budgets", "none")
 
 BUDGET_CHECK = {
     "budget": str,
@@ -110,10 +110,26 @@ REPORT = {
         "rule": str,
         "anchor": Opt(str),
         "tied_with_anchor": [str],
+        "still_tied": [str],
+        "stability": MapOf(NUM),
+        "separation": Opt(
+            {
+                "strategy": str,
+                "rival": str,
+                "score": str,
+                "n_items": int,
+                "sd_diff": NUM,
+                "mde": Opt(NUM),
+                "observed_diff": Opt(NUM),
+                "items_needed": Opt(int),
+            }
+        ),
         "training": {"wall_s": Opt(NUM), "cost": Opt(NUM), "currency": str, "price_per_hour": Opt(NUM)},
         "serve_command": Opt(str),
     },
     "comparisons": [COMPARISON],
+    "fine_tunes": [{"strategy": str, "base": str, "verdict": str, "text": str}],
+    "pairwise": [COMPARISON],
     "commands": MapOf(str),
 }
 

@@ -134,36 +134,38 @@ def mcnemar(a_pass: Sequence[bool], b_pass: Sequence[bool], exact_below: int = E
     return McNemar(only_a, only_b, chi2_sf_1df(stat), "chi2-cc")
 
 
-def _score(item: dict) -> float | None:
-    v = item.get("primary")
+def _score(item: dict, key: str = "primary") -> float | None:
+    v = item.get(key)
     ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
     return float(v) if ok else None
 
 
-def item_scores(per_item: Sequence[dict]) -> list[float]:
-    """The primary scores of the items that carry one."""
-    return [s for s in (_score(i) for i in per_item) if s is not None]
+def item_scores(per_item: Sequence[dict], key: str = "primary") -> list[float]:
+    """The ``key`` scores (default: primary) of the items that carry one."""
+    return [s for s in (_score(i, key) for i in per_item) if s is not None]
 
 
 def pair_items(
-    a_items: Sequence[dict], b_items: Sequence[dict]
+    a_items: Sequence[dict], b_items: Sequence[dict], key: str = "primary", pass_key: str | None = "pass"
 ) -> tuple[list[str], list[float], list[float], list[bool] | None, list[bool] | None]:
-    """Join two ``per_item`` lists on ``id`` (items without an id or a score are dropped).
+    """Join two ``per_item`` lists on ``id`` (items without an id or a ``key`` score are dropped).
 
     Returns the shared ids (in a's order), both score lists and both pass lists; the pass lists are
-    None unless every shared item carries a boolean ``pass`` on both sides.
+    None unless every shared item carries a boolean ``pass_key`` on both sides (or pass_key is None).
     """
 
     def index(items: Sequence[dict]) -> dict[str, dict]:
-        return {str(i["id"]): i for i in items if "id" in i and _score(i) is not None}
+        return {str(i["id"]): i for i in items if "id" in i and _score(i, key) is not None}
 
     ia, ib = index(a_items), index(b_items)
     ids = [k for k in ia if k in ib]
-    sa = [_score(ia[k]) for k in ids]
-    sb = [_score(ib[k]) for k in ids]
-    has_pass = all(isinstance(ia[k].get("pass"), bool) and isinstance(ib[k].get("pass"), bool) for k in ids)
-    pa = [ia[k]["pass"] for k in ids] if has_pass else None
-    pb = [ib[k]["pass"] for k in ids] if has_pass else None
+    sa = [_score(ia[k], key) for k in ids]
+    sb = [_score(ib[k], key) for k in ids]
+    has_pass = pass_key is not None and all(
+        isinstance(ia[k].get(pass_key), bool) and isinstance(ib[k].get(pass_key), bool) for k in ids
+    )
+    pa = [ia[k][pass_key] for k in ids] if has_pass else None
+    pb = [ib[k][pass_key] for k in ids] if has_pass else None
     return ids, sa, sb, pa, pb  # type: ignore[return-value]
 
 
@@ -174,13 +176,16 @@ def compare_items(
     confidence: float = CONFIDENCE,
     alpha: float = ALPHA,
     seed: int = SEED,
+    key: str = "primary",
+    pass_key: str | None = "pass",
 ) -> Comparison:
-    """Compare strategy a with reference b on their shared items.
+    """Compare strategy a with reference b on their shared items (``key``: the per-item score).
 
     A difference counts only when the paired interval excludes 0 *and* McNemar's p < alpha (when pass
-    bits exist); anything else is a tie: inside the noise of this eval set.
+    bits exist); anything else is a tie: inside the noise of this eval set. "better" means a's
+    ``key`` is higher: for a lower-is-better score (NLL) read it the other way round.
     """
-    ids, sa, sb, pa, pb = pair_items(a_items, b_items)
+    ids, sa, sb, pa, pb = pair_items(a_items, b_items, key, pass_key)
     if not ids:
         return Comparison(0, None, None, None, None, "incomparable")
     diff = paired_bootstrap_diff_ci(sa, sb, resamples, confidence, seed)
@@ -190,3 +195,43 @@ def compare_items(
     else:
         verdict = "better" if diff.low > 0 else "worse"
     return Comparison(len(ids), float(np.mean(sa)), float(np.mean(sb)), diff, test, verdict)
+
+
+def quantile_ci(
+    values: Sequence[float],
+    q: float,
+    resamples: int = RESAMPLES,
+    confidence: float = CONFIDENCE,
+    seed: int = SEED,
+) -> Interval:
+    """Percentile bootstrap interval of the ``q``-th percentile (0..100, linear interpolation).
+
+    With 20 latency samples the p95 interval is wide, and that width is the point: two p95s whose
+    intervals overlap are not evidence that one model is faster.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    if x.size == 0:
+        raise ValueError("bootstrap of an empty sample")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, x.size, size=(resamples, x.size))
+    low, high = _percentiles(np.percentile(x[idx], q, axis=1), confidence)
+    return Interval(float(np.percentile(x, q)), low, high)
+
+
+def detectable_difference(diffs: Sequence[float], power_z: float = 0.8416, alpha_z: float = 1.96) -> dict:
+    """Minimum detectable mean difference of paired scores at this many items (two-sided 5 %, 80 % power).
+
+    ``mde = (z_alpha/2 + z_power) · sd(d) / sqrt(n)``; ``items_for(delta)`` inverts it. A normal
+    approximation: the right order of magnitude for planning how many eval items separate two
+    candidates, not a test.
+    """
+    d = np.asarray(diffs, dtype=np.float64)
+    n = int(d.size)
+    sd = float(d.std(ddof=1)) if n > 1 else 0.0
+    k = alpha_z + power_z
+    mde = k * sd / math.sqrt(n) if n else None
+    observed = float(d.mean()) if n else None
+    needed = None
+    if n and sd > 0 and observed:
+        needed = math.ceil((k * sd / abs(observed)) ** 2)
+    return {"n_items": n, "sd_diff": sd, "mde": mde, "observed_diff": observed, "items_needed": needed}

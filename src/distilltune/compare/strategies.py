@@ -17,6 +17,7 @@ class Strategy:
     kind: str  # report kind: teacher | finetune | distill | blend
     description: str
     needs: tuple[str, ...] = ()
+    base: str | None = None  # the evaluated strategy this one fine-tunes (the report checks it improved)
 
 
 STRATEGIES: dict[str, Strategy] = {
@@ -27,6 +28,7 @@ STRATEGIES: dict[str, Strategy] = {
             "teacher-lora",
             "finetune",
             "the teacher fine-tuned with LoRA on the task (retrieval in the prompt)",
+            base="teacher",
         ),
         Strategy("student-ft", "finetune", "the depth-pruned student fully fine-tuned on the labels only"),
         Strategy(
@@ -40,6 +42,7 @@ STRATEGIES: dict[str, Strategy] = {
             "blend",
             "the distilled student, then fine-tuned with LoRA on the labels",
             needs=("student-kd",),
+            base="student-kd",
         ),
         Strategy(
             "student-seqkd",

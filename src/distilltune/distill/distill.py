@@ -253,11 +253,13 @@ def sequence_data(cfg: DistillConfig, task, out: Path, prompter, device, reporte
         "patched": patched,
         "generation_cache": str(root / f"sequence-{key}.jsonl"),
     }
+    info["kept_share"] = info["kept"] / info["prompts"] if info["prompts"] else None
     atomic_write_json(out / SEQUENCE_DIR / "summary.json", info)
     reporter.message(
         f"sequence-level data: {info['kept']} of {info['prompts']} prompts kept, dropped {info['dropped_by_reason']}, "
         f"{patched} patched; review {out / SEQUENCE_DIR / 'teacher_answers.jsonl'}"
     )
+    seq.check_kept_share(info, s, str(out / SEQUENCE_DIR / "teacher_answers.jsonl"))
     return seq.kept_conversations(records), info
 
 

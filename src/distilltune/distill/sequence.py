@@ -33,7 +33,7 @@ from pydantic import Field
 from distilltune.config import StrictModel
 from distilltune.data.chat import with_system
 from distilltune.errors import ProblemList, UserError
-from distilltune.evaluation.metrics import normalize
+from distilltune.text import normalize
 
 
 class SequenceSettings(StrictModel):
@@ -57,6 +57,12 @@ class SequenceSettings(StrictModel):
     )
     generate_only: bool = Field(
         default=False, description="write the reviewable JSONL and stop before training"
+    )
+    min_kept_share: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="stop with an error when the filters keep less than this share of the teacher's answers",
     )
 
 
@@ -378,6 +384,24 @@ def apply_patch(records: list[SeqRecord], patch: dict[str, str | None]) -> int:
 
 def kept_conversations(records: Sequence[SeqRecord]) -> list[list[dict]]:
     return [list(r.messages) for r in records if r.status == "kept"]
+
+
+def check_kept_share(info: dict, s: SequenceSettings, review_file: str) -> None:
+    """Refuse to train on what is left when the filters dropped most of the teacher's answers.
+
+    On an unseen task the first wave's quick preset kept 7 of 32 answers (21 cut by a 48-token cap) and
+    then trained 40 updates on those 7: a run that looks complete and learns nothing.
+    """
+    if not info["prompts"]:
+        return
+    share = info["kept"] / info["prompts"]
+    if share < s.min_kept_share:
+        raise UserError(
+            f"sequence-level KD kept {info['kept']} of {info['prompts']} teacher answers ({share:.0%}, below "
+            f"sequence.min_kept_share={s.min_kept_share:g}); dropped: {info['dropped_by_reason']}. "
+            f"{'Raise sequence.max_new_tokens (answers were cut off), ' if info['dropped_by_reason'].get('truncated') else ''}"
+            f"review {review_file}, or lower sequence.min_kept_share"
+        )
 
 
 def summary(records: Sequence[SeqRecord]) -> dict:

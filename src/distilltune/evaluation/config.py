@@ -18,7 +18,10 @@ from distilltune.retrieval.config import RetrievalConfig
 
 class EfficiencySettings(StrictModel):
     enabled: bool = True
-    prompts: int = Field(default=10, ge=1, description="timed batch-1 requests")
+    prompts: int = Field(default=20, ge=1, description="timed batch-1 requests")
+    time_budget_s: float | None = Field(
+        default=None, gt=0, description="stop timing after this long (at least 8 requests are timed)"
+    )
     warmup: int = Field(default=2, ge=0, description="untimed requests first")
     max_new_tokens: int = Field(default=64, ge=1)
     timeout_s: float = Field(default=1800.0, gt=0)

@@ -36,6 +36,7 @@ from distilltune.evaluation.answer import (
     hit_record,
 )
 from distilltune.evaluation.config import EvaluateConfig
+from distilltune.evaluation.likelihood import reference_nll
 from distilltune.io import append_jsonl, atomic_write_json, atomic_write_text
 
 SCHEMA_VERSION = 1
@@ -165,6 +166,13 @@ def evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = _stderr) -> dict:
         )
         for name, cases in suites.items()
     }
+    t0 = time.perf_counter()
+    nll_convs = [
+        a.redacted_conversation if a.route != ROUTE_REFUSED_INPUT and not task.is_refusal(c) else None
+        for c, a in zip(items, answers, strict=True)
+    ]
+    nll = reference_nll(loaded.model, loaded.tokenizer, pipe.prompter, nll_convs, [c.answer for c in items])
+    log(f"reference-answer NLL of {sum(x is not None for x in nll)} items in {time.perf_counter() - t0:.1f} s")
     params = model_info(loaded.model).params
     size_bytes, size_kind = efficiency.serving_size(cfg.model, loaded.model)
     del loaded
@@ -193,6 +201,7 @@ def evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = _stderr) -> dict:
             a.text, conv.facts, conv.sources, a.hits, task.knowledge, q["refused"], retrieved
         )
         ground.append(g)
+        q["answer_nll"] = nll[i]
         row = {"id": ids[i], **q, "route": a.route, "groundedness": g["grounded"]}
         per_item.append(row)
         rec = {
@@ -249,6 +258,7 @@ def evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = _stderr) -> dict:
                 "max_prompt_tokens": cfg.max_prompt_tokens,
                 "prompts": cfg.efficiency.prompts,
                 "warmup": cfg.efficiency.warmup,
+                "time_budget_s": cfg.efficiency.time_budget_s,
                 "max_new_tokens": cfg.efficiency.max_new_tokens,
                 "dtype": cfg.dtype,
                 "guard": cfg.guard.model_dump(mode="json"),

@@ -13,20 +13,18 @@ which is all evaluation needs.
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 
-_WS = re.compile(r"\s+")
-_TOKEN = re.compile(r"\w+(?:[.,]\d+)*")
-
-
-def normalize(text: str) -> str:
-    return _WS.sub(" ", text.casefold()).strip()
-
-
-def fact_hits(answer: str, facts: list[str]) -> list[bool]:
-    a = normalize(answer)
-    return [normalize(f) in a for f in facts]
+# The shared text definitions live at the bottom of the package (the guard and sequence-level data
+# curation use them too); they are re-exported here for evaluation's callers.
+from distilltune.text import (  # noqa: F401
+    fact_hits,
+    fact_match_graded,
+    graded_fact_recall,
+    is_refusal,
+    normalize,
+    tokens,
+)
 
 
 def fact_recall(answer: str, facts: list[str]) -> float | None:
@@ -35,21 +33,6 @@ def fact_recall(answer: str, facts: list[str]) -> float | None:
         return None
     hits = fact_hits(answer, facts)
     return sum(hits) / len(hits)
-
-
-def is_refusal(answer: str, refusal_message: str) -> bool:
-    """An answer refuses when it carries the policy's refusal message (its first sentence suffices)."""
-    a = normalize(answer)
-    r = normalize(refusal_message)
-    if not r:
-        return False
-    head = re.split(r"(?<=[.!?])\s", r, maxsplit=1)[0]
-    return r in a or (len(head) >= 12 and head in a)
-
-
-def tokens(text: str) -> list[str]:
-    """Case-folded word/number tokens (see the module docstring)."""
-    return _TOKEN.findall(text.casefold())
 
 
 def token_f1(answer: str, reference: str) -> float:

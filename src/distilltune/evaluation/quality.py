@@ -11,6 +11,14 @@ An item *passes* when its primary score is at least ``PASS_THRESHOLD`` (0.5); th
 McNemar's test pairs between two models, the primary score what the paired bootstrap resamples.
 The aggregate primary score is the mean over items.
 
+Items the input guard answers before any model runs (route ``refused_input``: blocked topics, attacks)
+score the same for every model, so they dilute every difference between models: with 4 such items of
+32, two models that never state a fact both score 0.125. ``aggregate`` therefore also reports the
+*model-answered* view (``model_primary`` over the items that reached the model, the share the guard
+answered, and the output guard's over-refusals), the graded fact recall (``distilltune.text``) and
+the mean reference-answer NLL when the caller scored it: continuous, paired signals that see a
+difference long before exact fact matches do.
+
 Pure functions of strings: the caller decides how answers were produced.
 """
 
@@ -20,6 +28,7 @@ from statistics import fmean
 
 from distilltune.evaluation.metrics import (
     fact_hits,
+    graded_fact_recall,
     is_refusal,
     refusal_correct,
     rouge_l,
@@ -28,6 +37,9 @@ from distilltune.evaluation.metrics import (
 )
 
 PASS_THRESHOLD = 0.5
+# the request path's route names (evaluation.answer) for the guard's two kinds of answer
+ROUTE_REFUSED_INPUT = "refused_input"
+ROUTE_REFUSED_OUTPUT = "refused_output"
 
 
 def primary_score(fact_recall: float | None, refused: bool, expected_refusal: bool) -> float:
@@ -55,6 +67,7 @@ def score_item(
         "primary": primary,
         "pass": primary >= PASS_THRESHOLD,
         "fact_recall": recall,
+        "fact_recall_graded": graded_fact_recall(answer, facts),
         "facts_found": [f for f, h in zip(facts, hits, strict=True) if h],
         "facts_missing": [f for f, h in zip(facts, hits, strict=True) if not h],
         "token_f1": token_f1(answer, reference),
@@ -98,4 +111,24 @@ def aggregate(items: list[dict]) -> dict:
     }
     if items and all("teacher_agreement" in i for i in items):
         out["teacher_agreement"] = fmean(i["teacher_agreement"] for i in items)
+    graded = [i["fact_recall_graded"] for i in items if i.get("fact_recall_graded") is not None]
+    out["fact_recall_graded"] = _mean(graded)
+    nll = [i["answer_nll"] for i in items if isinstance(i.get("answer_nll"), int | float)]
+    out["answer_nll"] = _mean(nll)
+    out["n_nll_items"] = len(nll)
+    if all("route" in i for i in items):
+        out |= _model_answered(items)
     return out
+
+
+def _model_answered(items: list[dict]) -> dict:
+    """The view without the items the input guard answered (see the module docstring)."""
+    by_model = [i for i in items if i["route"] != ROUTE_REFUSED_INPUT]
+    expecting = [i for i in by_model if not i["expected_refusal"]]
+    return {
+        "guard_answered_share": 1 - len(by_model) / len(items),
+        "n_model_items": len(by_model),
+        "model_primary": _mean([i["primary"] for i in by_model]),
+        "model_pass_rate": _mean([float(i["pass"]) for i in by_model]),
+        "output_over_refusal_rate": _mean([float(i["route"] == ROUTE_REFUSED_OUTPUT) for i in expecting]),
+    }

@@ -1,0 +1,108 @@
+"""Everything the report says about pairs of strategies: which differences are real, whether each
+fine-tune beat the model it started from, and how stable the recommendation is.
+
+Per-item scores are compared pairwise beside the primary one: continuous signals that see differences
+exact fact matches cannot (reference-answer NLL, lower is better; graded fact recall).
+"""
+
+from __future__ import annotations
+
+from distilltune.compare import fmt, stats
+
+SECONDARY_SCORES = ("answer_nll", "fact_recall_graded")
+LOWER_IS_BETTER = {"answer_nll"}
+
+
+def comparison_entry(a: str, b: str, c: stats.Comparison, score: str = "primary") -> dict:
+    return {
+        "strategy": a,
+        "reference": b,
+        "score": score,
+        "n_items": c.n_items,
+        "mean": c.mean_a,
+        "reference_mean": c.mean_b,
+        "diff": None if c.diff is None else c.diff.estimate,
+        "diff_ci95": None if c.diff is None else [c.diff.low, c.diff.high],
+        "mcnemar": None
+        if c.mcnemar is None
+        else {
+            "only_strategy_pass": c.mcnemar.only_a,
+            "only_reference_pass": c.mcnemar.only_b,
+            "p_value": c.mcnemar.p_value,
+            "method": c.mcnemar.method,
+        },
+        "verdict": c.verdict,
+    }
+
+
+def secondary_comparer(items: dict, resamples: int, settings: dict, seed: int):
+    """a is significantly better than b on answer NLL (paired interval of nll_a − nll_b below 0)."""
+    cache: dict[tuple[str, str], bool] = {}
+
+    def better(a: str, b: str) -> bool:
+        if (a, b) not in cache:
+            c = stats.compare_items(
+                items[a], items[b], resamples, settings["confidence"], settings["alpha"], seed,
+                key="answer_nll", pass_key=None,
+            )  # fmt: skip
+            cache[(a, b)] = c.diff is not None and c.diff.high < 0
+        return cache[(a, b)]
+
+    return better
+
+
+def fine_tunes(results: list, compare) -> list[dict]:
+    """Did each fine-tune beat the model it started from? Said plainly when it did not."""
+    names = {r.name for r in results if not r.error and r.eval}
+    out = []
+    for r in results:
+        if r.base not in names or r.name not in names:
+            continue
+        c = compare(r.name, r.base)
+        if c.diff is None:
+            continue
+        ci = fmt.interval(c.diff.low, c.diff.high)
+        if c.verdict == "better":
+            text = f"{r.name} is significantly better than {r.base} (Δ {c.diff.estimate:+.2f}, 95% CI {ci})."
+        else:
+            text = (
+                f"{r.name} is not significantly better than {r.base} (Δ {c.diff.estimate:+.2f}, 95% CI {ci}): "
+                "at this budget the fine-tune did not change quality measurably."
+            )
+        out.append({"strategy": r.name, "base": r.base, "verdict": c.verdict, "text": text})
+    return out
+
+
+def pairwise(items: dict, names: list[str], resamples: int, settings: dict, seed: int) -> list[dict]:
+    """Every pair of measured strategies on every per-item score: which differences are real."""
+    out = []
+    for key in ("primary", *SECONDARY_SCORES):
+        for i, a in enumerate(names):
+            for b in names[i + 1 :]:
+                c = stats.compare_items(
+                    items[a], items[b], resamples, settings["confidence"], settings["alpha"], seed,
+                    key=key, pass_key="pass" if key == "primary" else None,
+                )  # fmt: skip
+                if c.n_items:
+                    entry = comparison_entry(a, b, c, key)
+                    entry["lower_is_better"] = key in LOWER_IS_BETTER
+                    out.append(entry)
+    return out
+
+
+def evidence(rec, cands, entries, items, budgets, resamples, settings, seed) -> dict:
+    """Stability of the recommendation under re-drawn evidence, and what would separate the top two."""
+    from distilltune.compare.stability import decision_stability, separation
+
+    if rec.strategy is None:
+        return {"stability": {}, "separation": None}
+    latency = {s["name"]: s["efficiency"]["latency_samples"] for s in entries}
+    shares = decision_stability(cands, items, latency, budgets, seed=seed)
+    rivals = [n for n in [*rec.tied_with_anchor, rec.anchor] if n and n != rec.strategy]
+    if not rivals:
+        ranked = sorted(
+            (c for c in cands if c.quality is not None and c.name != rec.strategy), key=lambda c: -c.quality
+        )
+        rivals = [ranked[0].name] if ranked else []
+    sep = separation(rec.strategy, rivals[0], items) if rivals else None
+    return {"stability": shares, "separation": sep}
