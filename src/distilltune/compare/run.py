@@ -187,7 +187,7 @@ def _stage_weight(cfg: CompareConfig, name: str, action: str) -> float:
         return n_eval * (2.0 if teacher_like else 0.8) + 15
     per_step = (
         {
-            "teacher-lora": 4.0,
+            "teacher-lora": 6.0,
             "student-ft": 1.6,
             "student-kd": 1.6,
             "student-kd-lora": 1.2,

@@ -172,7 +172,9 @@ def evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = _stderr) -> dict:
         for c, a in zip(items, answers, strict=True)
     ]
     nll = reference_nll(loaded.model, loaded.tokenizer, pipe.prompter, nll_convs, [c.answer for c in items])
-    log(f"reference-answer NLL of {sum(x is not None for x in nll)} items in {time.perf_counter() - t0:.1f} s")
+    log(
+        f"reference-answer NLL of {sum(x is not None for x in nll)} items in {time.perf_counter() - t0:.1f} s"
+    )
     params = model_info(loaded.model).params
     size_bytes, size_kind = efficiency.serving_size(cfg.model, loaded.model)
     del loaded
