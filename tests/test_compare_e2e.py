@@ -64,7 +64,23 @@ def test_compare_end_to_end_and_resume(tiny_task, tiny_teacher_dir, tmp_path):
     assert (out / "runs" / "teacher-lora" / "adapter" / "adapter_config.json").exists()
     assert not (out / "evals" / "teacher-lora").exists()
     assert on_disk["recommendation"]["strategy"] in names
+    # the decision states its stability and the pairwise evidence covers every pair and score
+    assert abs(sum(on_disk["recommendation"]["stability"].values()) - 1.0) < 1e-9
+    assert {(c["score"], c["strategy"], c["reference"]) for c in on_disk["pairwise"]} >= {
+        ("primary", "teacher", "student-ft"),
+        ("answer_nll", "student-ft", "student-kd"),
+    }
+    # the student kept the teacher's most influential layers, measured on the task and recorded
+    layers = json.loads((out / "student_layers.json").read_text())
+    assert len(layers["layers"]) == 2 and len(layers["block_influence"]) == 4
+    assert (
+        f"layers={','.join(map(str, layers['layers']))}"
+        in (out / "configs" / "train-student-kd.yaml").read_text()
+    )
+    for s in on_disk["strategies"]:
+        assert len(s["efficiency"]["latency_samples"]) == 2
     html = (out / "report.html").read_text()
+    assert "How sure is this?" in html
     assert "Recommendation" in html or "recommendation" in html
     assert (out / "task" / "task.yaml").exists() and (out / "configs" / "train-student-kd.yaml").exists()
 

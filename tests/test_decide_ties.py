@@ -10,6 +10,7 @@ import pytest
 
 from distilltune.compare import stats
 from distilltune.compare.decide import Candidate, recommend
+from distilltune.compare.pairs import NLL_MARGIN
 from distilltune.compare.stability import decision_stability, separation
 from distilltune.compare.ties import Costs, break_tie
 from distilltune.task import Budgets
@@ -50,7 +51,7 @@ def run(rows, budgets: Budgets):
 
     def secondary(a, b):
         c = stats.compare_items(per[a], per[b], key="answer_nll", pass_key=None)
-        return c.diff is not None and c.diff.high < 0
+        return c.diff is not None and c.diff.high < -NLL_MARGIN
 
     return recommend(cands, budgets, compare, secondary), cands, per
 
@@ -94,6 +95,17 @@ CASES = [
         "b",
         "tied-and-cheaper",
         "answer likelihood: a is beaten",
+    ),
+    (
+        "a likelihood difference inside the practical margin does not decide, however tight",
+        [
+            cand("a", items(STRONG, nll=2.003, nll_step=0.1), 400, (300, 500), 600),
+            cand("b", items(ALSO_STRONG, nll=2.0, nll_step=0.1), 410, (300, 510), 610),
+        ],
+        Budgets(),
+        "a",
+        "best-within-budgets",
+        "remains tied with b on every measured axis",
     ),
     (
         "tie on everything but training cost",

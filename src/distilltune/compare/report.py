@@ -300,7 +300,7 @@ def analyse(
             **evidence_,
         },
         "comparisons": [comparison_entry(a, b, c) for (a, b), c in cache.items()],
-        "fine_tunes": fine_tunes(results, compare),
+        "fine_tunes": fine_tunes(results, compare, items, resamples, settings, seed),
         "pairwise": pairwise(
             items, [c.name for c in cands if c.quality is not None], resamples, settings, seed
         ),

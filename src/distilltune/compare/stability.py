@@ -88,12 +88,14 @@ def _comparer(items: dict[str, list[dict]], key: str, pass_key: str | None, seed
 
 
 def _secondary(items: dict[str, list[dict]], key: str, seed: int) -> Callable[[str, str], bool]:
-    """a is significantly better than b on a lower-is-better per-item score (NLL)."""
+    """a is better than b on a lower-is-better per-item score (NLL), beyond ``pairs.NLL_MARGIN``."""
+    from distilltune.compare.pairs import NLL_MARGIN
+
     compare = _comparer(items, key, None, seed)
 
     def better(a: str, b: str) -> bool:
         cmp = compare(a, b)
-        return cmp.diff is not None and cmp.diff.high < 0
+        return cmp.diff is not None and cmp.diff.high < -NLL_MARGIN
 
     return better
 

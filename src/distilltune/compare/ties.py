@@ -10,8 +10,9 @@ decides anything:
 2. **memory**: dropped when another needs over ``MEMORY_MARGIN`` less peak memory (peak RSS repeats
    within a few per cent between runs of the same model);
 3. **size**: dropped when another is over ``SIZE_MARGIN`` smaller on disk;
-4. **secondary quality**: dropped when another is significantly better on the paired secondary signal
-   (reference-answer NLL: its paired interval excludes 0);
+4. **secondary quality**: dropped when another is better on the paired secondary signal beyond its
+   noise and by a margin that matters (reference-answer NLL: its paired interval lies below
+   −0.05 nats/token, ``pairs.NLL_MARGIN``);
 5. **training cost**: dropped when another took under ``1 - TRAIN_MARGIN`` of its training time
    (dependencies included: a blend pays for the run it starts from).
 
