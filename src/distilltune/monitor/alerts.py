@@ -10,6 +10,10 @@ requests must not page anyone.
 
 from __future__ import annotations
 
+import warnings
+
+import numpy as np
+
 from distilltune.task.schema import MonitoringSpec
 
 
@@ -35,8 +39,13 @@ def output_drift(
         }
     if len(conf) >= 2 and len(base_conf) >= 2:
         cur_mean, base_mean = sum(conf) / len(conf), sum(base_conf) / len(base_conf)
-        t = stats.ttest_ind(conf, base_conf, equal_var=False, alternative="less")
-        p = float(t.pvalue) if t.pvalue == t.pvalue else 1.0  # NaN when both sides are constant
+        if np.ptp(conf) == 0 and np.ptp(base_conf) == 0:  # no spread at all: any drop is certain
+            p = 0.0 if cur_mean < base_mean else 1.0
+        else:
+            with warnings.catch_warnings():  # near-constant samples: scipy warns, the p-value is still usable
+                warnings.simplefilter("ignore", RuntimeWarning)
+                p = float(stats.ttest_ind(conf, base_conf, equal_var=False, alternative="less").pvalue)
+            p = p if p == p else 1.0  # NaN: no evidence
         out["confidence"] = {
             "mean": cur_mean,
             "baseline": base_mean,

@@ -152,8 +152,12 @@ def timeseries_figure(report: dict) -> str | None:
         _drift(axes[4], report, xs, th)
         _ood(axes[5], report, xs, th)
         for ax in axes:
-            loc = mdates.AutoDateLocator(maxticks=6)
-            ax.xaxis.set_major_locator(loc)
-            ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(loc))
+            if len(xs) > 1:
+                loc = mdates.AutoDateLocator(maxticks=6)
+                ax.xaxis.set_major_locator(loc)
+                ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(loc))
+            else:  # one window: a date locator has no range to work with
+                ax.set_xticks(xs)
+                ax.xaxis.set_major_formatter(mdates.DateFormatter("%Y-%m-%d %H:%M"))
             ax.tick_params(axis="x", labelcolor=MUTED)
         return _png(fig)

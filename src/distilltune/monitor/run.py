@@ -103,7 +103,7 @@ def _knowledge_reference(task, embedder, knowledge) -> dict | None:
 
 def _input_signals(vecs, train, threshold, gap_floor, scores, spec, seed) -> dict:
     n = len(vecs)
-    out: dict = {"questions": n, "drift": None, "ood": None, "knowledge_gap": None}
+    out: dict = {"questions": n, "drift": None, "ood": None, "knowledge_gap": None, "note": None}
     if n < spec.min_requests:
         out["note"] = f"{n} questions: fewer than min_requests ({spec.min_requests}), not tested"
         return out
@@ -149,7 +149,7 @@ def run_monitor(
     threshold = drift.ood_threshold(train, spec.ood_quantile)
     kref = _knowledge_reference(task, embedder, knowledge)
     log(f"reference: {len(train_qs)} training questions embedded in {time.perf_counter() - t0:.1f} s")
-    ood_pool: tuple[list, list] = ([], [])
+    ood_pool: tuple[list, list] = ([], [])  # the latest window's flagged questions (vectors, texts)
     gap_pool: tuple[list, list] = ([], [])
     out_windows, conf_samples = [], []
     unanswered = unanswered_matcher(spec.unanswered_patterns)
@@ -162,10 +162,9 @@ def run_monitor(
         scores = knowledge(texts, vecs) if (kref and texts) else None
         floor = kref["eval_min_score"] if kref else None
         sig = _input_signals(vecs, train, threshold, floor, scores, spec, spec.seed * 1_000_003 + i)
-        for mask, pool in ((sig.pop("_ood_mask", None), ood_pool), (sig.pop("_gap_mask", None), gap_pool)):
-            if mask is not None:
-                pool[0].extend(vecs[mask])
-                pool[1].extend(t for t, m in zip(texts, mask, strict=True) if m)
+        ood_mask, gap_mask = sig.pop("_ood_mask", None), sig.pop("_gap_mask", None)
+        if i == len(wins) - 1:  # clusters describe the window the alerts (and the exit status) are about
+            ood_pool, gap_pool = _flagged(vecs, texts, ood_mask), _flagged(vecs, texts, gap_mask)
         w = {
             "start": win.start,
             "end": win.end,
@@ -191,6 +190,12 @@ def _baseline(out_windows: list[dict], conf_samples: list[list[float]], spec) ->
         )
         w["alerts"] = window_alerts(w, spec)
     return base_i
+
+
+def _flagged(vecs: np.ndarray, texts: list[str], mask) -> tuple[list, list]:
+    if mask is None:
+        return [], []
+    return list(vecs[mask]), [t for t, m in zip(texts, mask, strict=True) if m]
 
 
 def _clusters(pool: tuple[list, list], spec) -> list[dict]:
