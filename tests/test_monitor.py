@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from distilltune.errors import UserError
-from distilltune.monitor import drift, read_log, render_html, run_monitor
+from distilltune.monitor import drift, read_log, render_html, run_monitor, summary_lines
 from distilltune.serve.requestlog import LogRecord, RequestLog
 
 TESTS = Path(__file__).parent
@@ -190,6 +190,20 @@ def test_guard_reasons_unanswered_refusals_and_small_windows(tmp_path):
     # the latest window has 3 requests: no test, no alert, a note saying why; exit status follows it
     assert last["drift"] is None and last["alerts"] == [] and "fewer than min_requests" in last["note"]
     assert rep["status"] == "ok"
+    assert "no alerts" in summary_lines(rep)[-1]
+
+
+def test_task_without_knowledge_skips_knowledge_drift(tmp_path):
+    task = write_task(tmp_path / "task")
+    db = write_log(tmp_path / "r.db", traffic(1, 40, drifted_last=True))
+    rep = run_monitor(db, task, HOUR, embedder=TopicEmbedder())  # no knowledge scorer
+    assert rep["knowledge"] is None and rep["knowledge_gaps"] is None
+    assert rep["windows"][0]["knowledge_gap"] is None
+    assert {a["signal"] for a in rep["alerts"]} >= {"input_drift", "ood_rate"}
+    assert rep["baseline"]["start"] == rep["windows"][0]["start"]  # the only window is the baseline
+    assert rep["windows"][0]["output_drift"] is None
+    assert "Not measured: the task has no knowledge documents" in render_html(rep)
+    assert any(line.startswith("ALERT input_drift") for line in summary_lines(rep))
 
 
 def test_html_page_is_self_contained_and_escapes_logged_text(drifted_report):

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-_CHUNK = 1024
+_BLOCK = 4_000_000  # similarity-matrix entries computed at once (16 MB of float32)
 _STOP_TEXT = (
     "a an and are as at be by can could did do does for from has have how i if in is it its me my no not "
     "of on or our should so that the their there this to was we what when where which who why will with "
@@ -103,6 +103,11 @@ def mmd_test(
     )
 
 
+def _rows(n_reference: int) -> int:
+    """Query rows per block, so a block of similarities stays near ``_BLOCK`` entries at any training size."""
+    return max(1, min(1024, _BLOCK // max(1, n_reference)))
+
+
 def normalize(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
@@ -113,8 +118,9 @@ def nearest_distances(queries: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Cosine distance (1 - cosine similarity) from each query to its nearest reference row."""
     q, r = normalize(queries), normalize(reference)
     out = np.empty(len(q), dtype=np.float64)
-    for i in range(0, len(q), _CHUNK):
-        out[i : i + _CHUNK] = 1.0 - (q[i : i + _CHUNK] @ r.T).max(axis=1)
+    step = _rows(len(r))
+    for i in range(0, len(q), step):
+        out[i : i + step] = 1.0 - (q[i : i + step] @ r.T).max(axis=1)
     return np.clip(out, 0.0, 2.0)
 
 
@@ -124,11 +130,12 @@ def loo_distances(reference: np.ndarray) -> np.ndarray:
     if len(r) < 2:
         raise ValueError("leave-one-out distances need at least 2 training questions")
     out = np.empty(len(r), dtype=np.float64)
-    for i in range(0, len(r), _CHUNK):
-        s = r[i : i + _CHUNK] @ r.T
+    step = _rows(len(r))
+    for i in range(0, len(r), step):
+        s = r[i : i + step] @ r.T
         rows = np.arange(len(s))
         s[rows, rows + i] = -np.inf
-        out[i : i + _CHUNK] = 1.0 - s.max(axis=1)
+        out[i : i + step] = 1.0 - s.max(axis=1)
     return np.clip(out, 0.0, 2.0)
 
 

@@ -125,7 +125,7 @@ def render_html(report: dict) -> str:
 def summary_lines(report: dict) -> list[str]:
     """What the terminal shows: the latest window's numbers and every alert."""
     w = report["windows"][-1]
-    k = dict((name, value) for name, value, _ in _kpis(report))
+    k = {name: value for name, value, _ in _kpis(report)}
     lines = [
         f"{report['requests']} requests in {len(report['windows'])} window(s) of {fmt.duration(report['window_s'])}; "
         f"latest window {when(w['start'])} .. {when(w['end'])}",

@@ -97,28 +97,29 @@ def _knowledge_reference(task, embedder, knowledge) -> dict | None:
     qs = [c.question for c in task.eval if c.question and not task.is_refusal(c)]
     if not qs:
         return None
-    scores = knowledge(qs, np.asarray(embedder.encode(qs), dtype=np.float32))
+    scores = knowledge(qs, _embed_cached(embedder, qs))
     return {"eval_min_score": float(scores.min()), "n_eval": len(qs), "score": "dense cosine similarity"}
 
 
-def _input_signals(vecs, train, threshold, gap_floor, scores, spec, seed) -> dict:
+def _input_signals(vecs, train, threshold, gap_floor, scores, spec, seed) -> tuple[dict, tuple]:
+    """A window's drift test, OOD and knowledge-gap shares, and (OOD mask, gap mask) for clustering."""
     n = len(vecs)
     out: dict = {"questions": n, "drift": None, "ood": None, "knowledge_gap": None, "note": None}
     if n < spec.min_requests:
         out["note"] = f"{n} questions: fewer than min_requests ({spec.min_requests}), not tested"
-        return out
+        return out, (None, None)
     res = drift.mmd_test(vecs, train, spec.permutations, seed, spec.max_samples)
     out["drift"] = res.to_dict()
     dist = drift.nearest_distances(vecs, train)
     flagged = dist > threshold
     out["ood"] = {"n": n, "flagged": int(flagged.sum()), "rate": float(flagged.mean()),
                   "median_distance": float(np.median(dist))}  # fmt: skip
+    low = None
     if scores is not None:
         low = scores < gap_floor
         out["knowledge_gap"] = {"n": n, "flagged": int(low.sum()), "rate": float(low.mean()),
                                 "median_score": float(np.median(scores))}  # fmt: skip
-    out["_ood_mask"], out["_gap_mask"] = flagged, (scores < gap_floor) if scores is not None else None
-    return out
+    return out, (flagged, low)
 
 
 def run_monitor(
@@ -161,8 +162,9 @@ def run_monitor(
         )
         scores = knowledge(texts, vecs) if (kref and texts) else None
         floor = kref["eval_min_score"] if kref else None
-        sig = _input_signals(vecs, train, threshold, floor, scores, spec, spec.seed * 1_000_003 + i)
-        ood_mask, gap_mask = sig.pop("_ood_mask", None), sig.pop("_gap_mask", None)
+        sig, (ood_mask, gap_mask) = _input_signals(
+            vecs, train, threshold, floor, scores, spec, spec.seed * 1_000_003 + i
+        )
         if i == len(wins) - 1:  # clusters describe the window the alerts (and the exit status) are about
             ood_pool, gap_pool = _flagged(vecs, texts, ood_mask), _flagged(vecs, texts, gap_mask)
         w = {
