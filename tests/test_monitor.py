@@ -195,14 +195,21 @@ def test_guard_reasons_unanswered_refusals_and_small_windows(tmp_path):
 
 def test_task_without_knowledge_skips_knowledge_drift(tmp_path):
     task = write_task(tmp_path / "task")
-    db = write_log(tmp_path / "r.db", traffic(1, 40, drifted_last=True))
+    recs = traffic(1, 40, drifted_last=True)
+    for r in recs:  # a log from before the policy redacted e-mail: the report must not show it
+        r.prompt[0]["content"] += " mail bob.smith@example.com"
+    db = write_log(tmp_path / "r.db", recs)
     rep = run_monitor(db, task, HOUR, embedder=TopicEmbedder())  # no knowledge scorer
     assert rep["knowledge"] is None and rep["knowledge_gaps"] is None
     assert rep["windows"][0]["knowledge_gap"] is None
     assert {a["signal"] for a in rep["alerts"]} >= {"input_drift", "ood_rate"}
     assert rep["baseline"]["start"] == rep["windows"][0]["start"]  # the only window is the baseline
     assert rep["windows"][0]["output_drift"] is None
-    assert "Not measured: the task has no knowledge documents" in render_html(rep)
+    html = render_html(rep)
+    assert "Not measured: the task has no knowledge documents" in html
+    shown = [e for c in rep["ood_clusters"] for e in c["examples"]]
+    assert shown and all(e.endswith(" mail [EMAIL]") for e in shown)
+    assert "smith" not in json.dumps(rep) and "smith" not in html
     assert any(line.startswith("ALERT input_drift") for line in summary_lines(rep))
 
 

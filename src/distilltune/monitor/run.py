@@ -200,11 +200,19 @@ def _flagged(vecs: np.ndarray, texts: list[str], mask) -> tuple[list, list]:
     return list(vecs[mask]), [t for t, m in zip(texts, mask, strict=True) if m]
 
 
-def _clusters(pool: tuple[list, list], spec) -> list[dict]:
+def _clusters(pool: tuple[list, list], spec, policy) -> list[dict]:
+    """Clusters of flagged questions; their text (examples, topic words) passes the task's PII redaction again.
+
+    The server logs redacted text, but a log written before the policy gained a detector was not
+    redacted by it: what a report shows must meet today's policy.
+    """
+    from distilltune.policy.pii import PIIRedactor
+
     vecs, texts = pool
     if not texts:
         return []
-    return drift.clusters(np.asarray(vecs), texts, seed=spec.seed)
+    pii = PIIRedactor(policy.pii.redact, [(c.name, c.pattern) for c in policy.pii.custom])
+    return drift.clusters(np.asarray(vecs), [pii.redact(t)[0] for t in texts], seed=spec.seed)
 
 
 def _assemble(task, db, window_s, since_s, requests, out_windows, train_qs, threshold, kref,
@@ -245,8 +253,8 @@ def _assemble(task, db, window_s, since_s, requests, out_windows, train_qs, thre
             else None
         ),
         "windows": out_windows,
-        "ood_clusters": _clusters(ood_pool, spec),
-        "knowledge_gaps": _clusters(gap_pool, spec) if kref else None,
+        "ood_clusters": _clusters(ood_pool, spec, task.policy),
+        "knowledge_gaps": _clusters(gap_pool, spec, task.policy) if kref else None,
         "latest": {"start": latest["start"], "end": latest["end"]},
         "alerts": latest["alerts"],
         "status": "alert" if latest["alerts"] else "ok",
