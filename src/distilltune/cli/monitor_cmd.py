@@ -14,7 +14,9 @@ from distilltune.errors import UserError
 def register(app: typer.Typer) -> None:
     @app.command("monitor")
     def monitor(
-        db: Path = typer.Argument(..., help="The server's request log (SQLite, from serve --log)."),
+        db: Path = typer.Argument(
+            ..., help="The request log distilltune serve writes (SQLite; --log-db there)."
+        ),
         task: Path = typer.Option(
             ..., "--task", help="Task directory (training questions, knowledge, thresholds)."
         ),
