@@ -18,6 +18,7 @@ from distilltune.cli import (
     generate_cmd,
     guard_cmd,
     index_cmd,
+    monitor_cmd,
     serve_cmd,
     task_cmd,
 )
@@ -42,6 +43,7 @@ serve_cmd.register(app)
 index_cmd.register(app)
 guard_cmd.register(app)
 compare_cmd.register(app)
+monitor_cmd.register(app)
 
 
 def _quiet_libraries() -> None:

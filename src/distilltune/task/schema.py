@@ -32,12 +32,55 @@ class Budgets(StrictModel):
     min_quality: float | None = Field(default=None, ge=0, le=1)
 
 
+UNANSWERED_PATTERNS = [
+    r"\bi (?:don['’]?t|do not) know\b",
+    r"\bi(?:['’]m| am) not sure\b",
+    r"\b(?:don['’]?t|do not) have (?:that|this|enough|any) information\b",
+    r"\b(?:context|documentation|knowledge base) (?:does not|doesn['’]?t) (?:cover|mention|say)\b",
+    r"\bnot (?:covered|mentioned) in the (?:context|documentation)\b",
+]
+
+
+class MonitoringSpec(StrictModel):
+    """Alert thresholds for ``distilltune monitor`` (docs/monitoring.md): every signal compared per window.
+
+    Defaults are chosen so a window of in-distribution traffic alerts rarely: the drift test at the
+    usual 5 % level, rate thresholds well above what sampling noise gives at ``min_requests``.
+    """
+
+    min_requests: int = Field(default=30, ge=5, description="fewest questions a window needs to be tested")
+    drift_alpha: float = Field(default=0.05, gt=0, lt=1, description="level of the MMD two-sample test")
+    permutations: int = Field(default=500, ge=19, le=100_000, description="permutations of the MMD test")
+    max_samples: int = Field(default=500, ge=20, description="questions per side the MMD test subsamples to")
+    ood_quantile: float = Field(default=0.95, gt=0.5, lt=1, description="training NN-distance quantile")
+    ood_rate: float = Field(default=0.2, gt=0, le=1, description="alert above this out-of-distribution share")
+    knowledge_gap_rate: float = Field(default=0.2, gt=0, le=1, description="alert above this share")
+    escalation_rise: float = Field(default=0.1, ge=0, le=1, description="alert above baseline + this")
+    confidence_drop: float = Field(default=0.3, ge=0, description="alert below baseline - this (nats)")
+    unanswered_rate: float | None = Field(default=0.3, gt=0, le=1)
+    refusal_rate: float | None = Field(default=None, gt=0, le=1)
+    latency_p95_ms: float | None = Field(default=None, gt=0)
+    unanswered_patterns: list[str] = Field(default_factory=lambda: list(UNANSWERED_PATTERNS))
+    seed: int = 0
+
+    @field_validator("unanswered_patterns")
+    @classmethod
+    def _patterns_compile(cls, v: list[str]) -> list[str]:
+        for p in v:
+            try:
+                re.compile(p)
+            except re.error as e:
+                raise ValueError(f"pattern {p!r} does not compile: {e}") from None
+        return v
+
+
 class TaskSpec(StrictModel):
     name: str = Field(min_length=1)
     description: str = ""
     system_prompt: str = Field(min_length=1)
     data: DataPaths = DataPaths()
     budgets: Budgets = Budgets()
+    monitoring: MonitoringSpec = MonitoringSpec()
 
 
 class Message(StrictModel):
