@@ -28,7 +28,7 @@ Tokens/s counts every non-padding token of a batch (8 × 128 here) on every side
 measured over a full epoch in the full run; ``--quick`` extrapolates it from the timed steps.
 
 Targets: issue #5 — cached epoch ≤ 0.6× online; ≤ 128 bytes/token at k=32 (payload); top-k loss within
-2 % of the full-vocabulary loss; cached ≥ 1.8× TRL tokens/s at ≤ 0.7× its peak RSS. design.md (stricter) —
+2 % of the full-vocabulary loss; cached ≥ 1.8× TRL tokens/s at ≤ 0.7× its peak RSS. docs/design.md (stricter) —
 cached ≥ 3× TRL tokens/s at ≤ 0.55× its peak RSS.
 
     python benchmarks/distill.py            # full run (tens of minutes), writes results/distill.json
@@ -674,8 +674,8 @@ def main() -> None:
         targets += [
             _target("cached tokens/s >= 1.8 x TRL GKDTrainer", speed, speed >= 1.8),
             _target("cached peak RSS <= 0.7 x TRL GKDTrainer", rss, rss <= 0.7),
-            _target("design.md: cached tokens/s >= 3 x TRL", speed, speed >= 3.0),
-            _target("design.md: cached peak RSS <= 0.55 x TRL", rss, rss <= 0.55),
+            _target("docs/design.md: cached tokens/s >= 3 x TRL", speed, speed >= 3.0),
+            _target("docs/design.md: cached peak RSS <= 0.55 x TRL", rss, rss <= 0.55),
         ]
     if cached and parts.get("cached_all"):
         ratios["cached_all_step_over_cached"] = round(parts["cached_all"]["step_s"] / cached["step_s"], 4)

@@ -4,7 +4,7 @@
 Acme Cloud is a fictional SaaS company (domains acme.example / example.com); every text here was
 written for distilltune. The script holds the knowledge documents and a table of fact items (one
 answer, several hand-written question paraphrases each) and turns them into the task card described
-in design.md: train questions and eval questions are different wordings of the same facts, so the
+in docs/design.md: train questions and eval questions are different wordings of the same facts, so the
 eval split measures whether a model learned the facts rather than the sentences.
 
 Standard library only, deterministic (fixed seed): running it twice writes identical files.

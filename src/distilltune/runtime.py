@@ -1,10 +1,11 @@
 """Process-level settings that decide training speed on CPU.
 
-Measured here (design.md): every training step frees and re-allocates ~200 MB of logits; with glibc's
-default malloc thresholds that becomes mmap/munmap and page faults (30-45 % of CPU time in the
-kernel). Setting ``MALLOC_MMAP_MAX_=0`` and a huge ``MALLOC_TRIM_THRESHOLD_`` before the process
-starts gives 1.4-2.2x on every training configuration. glibc reads these only at start-up, so the
-CLI re-executes itself once with them set (and says so). ``DISTILLTUNE_NO_REEXEC=1`` opts out.
+Measured on the 2-core reference machine (docs/design.md): every training step frees and
+re-allocates ~200 MB of logits; with glibc's default malloc thresholds that becomes mmap/munmap and
+page faults (30-45 % of CPU time in the kernel). Setting ``MALLOC_MMAP_MAX_=0`` and a huge
+``MALLOC_TRIM_THRESHOLD_`` before the process starts gives 1.4-2.2x on every training configuration.
+glibc reads these only at start-up, so the CLI re-executes itself once with them set (and says so).
+``DISTILLTUNE_NO_REEXEC=1`` opts out.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ mixed in with weight ``alpha``: loss = alpha·CE + (1 - alpha)·T²·D.
 Memory: ``chunked_head_loss`` computes the vocabulary projection chunk by chunk *and* its gradient
 inside the forward pass, so the full-vocabulary logits of the student (and of the teacher, in online
 mode) exist for one chunk of positions at a time, never for the whole batch. Only the answer
-positions are projected at all (design.md: 1.24x faster and less memory than projecting every token).
+positions are projected at all (docs/design.md: 1.24x faster and less memory than projecting every token).
 
 Cached top-k: the teacher stores, per position, its top-k log-probabilities, their ids and the log of
 the remaining mass. ``bucket_logprobs`` projects the student onto the same k+1 buckets (the k ids

@@ -3,7 +3,7 @@
 A small explicit decode loop instead of ``model.generate`` because we need, per answer: prefill and
 decode time separately, the mean token log-probability (the cascade's confidence signal), and
 correct behaviour for PEFT prefix tuning, whose prefix ``generate()`` silently drops when the KV
-cache is on (design.md) — for those models we recompute the full sequence each step.
+cache is on (docs/design.md) — for those models we recompute the full sequence each step.
 Every call is capped by ``max_new_tokens`` and stops on the chat template's end token: an untrained
 student may never emit it.
 """

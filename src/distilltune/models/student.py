@@ -1,6 +1,6 @@
 """Build a student by depth pruning: copy the embeddings, final norm, head and a subset of layers.
 
-Measured on SmolLM2-135M (design.md): keeping the first and last layers (0,1,2,27,28,29) gives the
+Measured on SmolLM2-135M (docs/design.md): keeping the first and last layers (0,1,2,27,28,29) gives the
 best starting point of the 6-layer choices; that is the default for ``n_layers=N``. A pruned
 student is worse than uniform before training and needs distillation to become useful.
 """

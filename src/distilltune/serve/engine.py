@@ -14,7 +14,7 @@ its own positions, so batching does not change what a row attends to.
 The merge touches the cache's per-layer key/value tensors, which is only valid for plain
 ``DynamicLayer`` caches (full attention, e.g. Llama/SmolLM2). Models with other cache layouts
 (sliding windows) fall back to admitting only into an empty batch. PEFT prefix-tuned models are
-decoded without a KV cache (their prefix is lost with it; design.md), recomputing each row's full
+decoded without a KV cache (their prefix is lost with it; docs/design.md), recomputing each row's full
 sequence every step.
 
 Several LoRA adapters can share the base (``adapter`` per request): a batch holds one adapter at a

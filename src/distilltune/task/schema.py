@@ -1,4 +1,4 @@
-"""Typed models of the task card (format fixed in design.md).
+"""Typed models of the task card (format fixed in docs/task-card.md and docs/design.md).
 
 These models are the contract between the user's files and every later stage. They hold shape and
 type rules; cross-file rules (sources exist, facts appear in sources, regexes compile) live in

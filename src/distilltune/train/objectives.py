@@ -7,7 +7,7 @@ tensor to minimise, ``metrics`` a dict of floats for the log.
 
 Why a wrapper module: the vocabulary projection is the most expensive tensor of a small model's step
 (8 × 128 × 49152 logits ≈ 200 MB). We run the decoder body, keep only the hidden states at positions
-that predict a label, and apply ``lm_head`` to those (1.24× faster, less memory; design.md). Doing it
+that predict a label, and apply ``lm_head`` to those (1.24× faster, less memory; docs/design.md). Doing it
 inside ``forward`` of a module keeps DDP/FSDP gradient synchronisation intact (they hook ``forward``).
 
 Loss positions are row-major over (batch row, position) where ``labels[:, 1:] != IGNORE_INDEX``;
