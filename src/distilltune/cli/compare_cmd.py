@@ -78,10 +78,14 @@ def register(app: typer.Typer) -> None:
         strategies: str = typer.Option(
             None,
             help="Comma-separated subset of: teacher, teacher-lora, student-ft, student-kd, "
-            "student-kd-lora, student-seqkd (default: all).",
+            "student-kd-lora, student-seqkd (default: the preset's; quick leaves out student-seqkd).",
         ),
         teacher: str = typer.Option(None, help="Teacher model (default: smollm2-135m-instruct)."),
-        student: str = typer.Option(None, help="Student spec (default: teacher:n_layers=6)."),
+        student: str = typer.Option(
+            None,
+            help="Student spec (default: teacher:n_layers=6, keeping the layers with the most block "
+            "influence on the task; student_layers=first-last keeps the first and last ones).",
+        ),
         latency_budget: float = typer.Option(
             None, "--budget.latency_p95_ms", help="Override the task's p95 latency budget."
         ),
@@ -121,7 +125,7 @@ def register(app: typer.Typer) -> None:
     def demo(
         output: Path = typer.Option(Path("demo-output"), "--output", "-o", help="Where the comparison goes."),
         preset: str = typer.Option(
-            "quick", help="quick (about 13 minutes on 2 idle cores, first run included) or full (hours)."
+            "quick", help="quick (about 15 minutes on 2 idle cores, first run included) or full (hours)."
         ),
         print_config: bool = PRINT_CONFIG_OPT,
         overrides: list[str] = OVERRIDES_ARG,

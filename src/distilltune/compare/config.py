@@ -3,7 +3,7 @@
 Presets set the data and step counts; anything given in a YAML file, as an option or as a dotted
 override wins over the preset. ``quick`` is sized so ``distilltune demo`` finishes within a quarter
 of an hour on a 2-core CPU while still training every strategy for real (measured as a first run on an
-idle machine: 13 minutes, benchmarks/results/demo.json); ``full`` is the honest run (all data, 5-10x
+idle machine: 874 s, benchmarks/results/demo.json); ``full`` is the honest run (all data, 5-10x
 the updates; hours on 2 cores, not timed end to end yet).
 """
 

@@ -96,6 +96,13 @@ def fine_tunes(results: list, compare, items: dict, resamples: int, settings: di
             )
         if c.verdict != "better":
             text += ": at this budget and this many eval items the fine-tune did not change the primary score measurably"
+            _, sa, sb, _, _ = stats.pair_items(items[r.name], items[r.base])
+            need = stats.detectable_difference([x - y for x, y in zip(sa, sb, strict=True)])
+            if need["items_needed"] and c.diff.estimate > 0:
+                text += (
+                    f" (the smallest difference {len(sa)} items can detect is {need['mde']:.2f}; about "
+                    f"{need['items_needed']:,} eval items would separate a real +{c.diff.estimate:.2f})"
+                )
         out.append({"strategy": r.name, "base": r.base, "verdict": c.verdict, "text": text + "."})
     return out
 

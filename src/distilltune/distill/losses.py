@@ -1,6 +1,7 @@
 """Knowledge-distillation losses as pure functions of tensors.
 
-Shapes: ``N`` positions (the answer tokens of a batch, already gathered), ``V`` vocabulary,
+Shapes: ``N`` positions (the distillation positions of a batch, already gathered: every real token
+by default, ``positions: answer`` for the answer tokens only), ``V`` vocabulary,
 ``k`` cached teacher entries per position, ``H`` hidden width.
 
 Divergences (``divergence``), all per position and summed over the vocabulary, with
