@@ -9,6 +9,8 @@ import sys
 import torch
 import yaml
 
+from cli_run import run_cli
+
 FAST = [
     "train.max_steps=3",
     "train.batch_size=4",
@@ -30,21 +32,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def _main(capsys, *args: str) -> tuple[int, str, str]:
-    """Run the CLI in-process (faster than a subprocess): exit code, stdout, stderr."""
-    from distilltune.cli import main
-
-    capsys.readouterr()
-    old = sys.argv
-    sys.argv = ["distilltune", *args]
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    finally:
-        sys.argv = old
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
+    return run_cli(capsys, *args)
 
 
 def _logits(model, tokenizer):

@@ -10,7 +10,6 @@ import json
 import random
 import shutil
 import sqlite3
-import sys
 import zlib
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 import yaml
 
+from cli_run import run_cli
 from distilltune.errors import UserError
 from distilltune.monitor import drift, read_log, render_html, run_monitor, summary_lines
 from distilltune.serve.requestlog import LogRecord, RequestLog
@@ -228,20 +228,7 @@ def test_html_page_is_self_contained_and_escapes_logged_text(drifted_report):
 
 
 def _main(capsys, *args: str) -> tuple[int, str, str]:
-    from distilltune.cli import main
-
-    capsys.readouterr()
-    old = sys.argv
-    sys.argv = ["distilltune", *args]
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    finally:
-        sys.argv = old
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
+    return run_cli(capsys, *args)
 
 
 def test_bad_inputs_fail_cleanly(tmp_path, capsys):

@@ -204,15 +204,20 @@ def view(report: dict, figures: bool = True) -> dict:
     }
 
 
-def render_html(report: dict) -> str:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES),
+def jinja_env(templates: Path) -> jinja2.Environment:
+    """The HTML pages' Jinja2 environment: autoescaping on (answers and log text may hold anything),
+    undefined names fail loudly instead of rendering as empty."""
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(templates),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    return env.get_template("report.html.jinja").render(**view(report))
+
+
+def render_html(report: dict) -> str:
+    return jinja_env(TEMPLATES).get_template("report.html.jinja").render(**view(report))
 
 
 def _md(text: object) -> str:

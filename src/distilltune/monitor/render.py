@@ -10,8 +10,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-import jinja2
-
 from distilltune.compare import fmt
 from distilltune.monitor import plots
 
@@ -112,14 +110,9 @@ def view(report: dict, figures: bool = True) -> dict:
 
 
 def render_html(report: dict) -> str:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    return env.get_template("monitor.html.jinja").render(**view(report))
+    from distilltune.compare.render import jinja_env
+
+    return jinja_env(TEMPLATES).get_template("monitor.html.jinja").render(**view(report))
 
 
 def summary_lines(report: dict) -> list[str]:
