@@ -31,16 +31,10 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from distilltune.inference import ROUTE_REFUSED_INPUT, ROUTE_REFUSED_OUTPUT
 from distilltune.serve.loading import ServerState
 from distilltune.serve.openai_types import APIError, ChatRequest, chunk, completion, new_id, validation_error
-from distilltune.serve.pipeline import (
-    ROUTE_REFUSED_INPUT,
-    ROUTE_REFUSED_OUTPUT,
-    Delta,
-    End,
-    RequestPipeline,
-    Start,
-)
+from distilltune.serve.pipeline import Delta, End, RequestPipeline, Start
 from distilltune.serve.requestlog import LogRecord
 
 log = logging.getLogger("distilltune.serve")

@@ -12,6 +12,7 @@ import re
 from pydantic import Field, field_validator, model_validator
 
 from distilltune.config import StrictModel
+from distilltune.inference.cascade import CascadeConfig
 from distilltune.policy import GuardConfig
 from distilltune.retrieval.config import RetrievalConfig
 
@@ -43,21 +44,6 @@ class Generation(StrictModel):
     )
 
 
-class Cascade(StrictModel):
-    """When the student is unsure, the fallback model answers instead."""
-
-    min_mean_logprob: float = Field(
-        default=-1.5,
-        le=0,
-        description="escalate when the student's mean token log-probability is below this",
-    )
-    min_retrieval_score: float | None = Field(
-        default=None,
-        description="also escalate when the best retrieval score is below this (scale depends on the "
-        "retrieval mode; None = ignore retrieval)",
-    )
-
-
 class ServeConfig(StrictModel):
     model: str = Field(description="student/base model reference (dir, run dir, built-in, spec)")
     task: str = Field(description="task directory: system prompt, knowledge, policy")
@@ -76,7 +62,7 @@ class ServeConfig(StrictModel):
     limits: Limits = Limits()
     batching: Batching = Batching()
     generation: Generation = Generation()
-    cascade: Cascade = Cascade()
+    cascade: CascadeConfig = CascadeConfig()
     retrieval: RetrievalConfig = RetrievalConfig()
     guard: GuardConfig = GuardConfig()
 

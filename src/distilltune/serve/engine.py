@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from distilltune.inference.cascade import confidence
 from distilltune.models.generate import _cache_kwarg, uses_prefix_tuning
 
 
@@ -68,7 +69,7 @@ class GenResult:
 
     @property
     def mean_logprob(self) -> float | None:
-        return sum(self.logprobs) / len(self.logprobs) if self.logprobs else None
+        return confidence(self.logprobs)
 
 
 @dataclass
