@@ -10,14 +10,12 @@ guard decisions, token counts and greedy text must be identical: only the genera
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 
 import httpx
 import pytest
 
 from conftest import TINY_TASK
+from serve_helpers import running_server
 from tiny_models import build_tiny_llama
 
 MAX_TOKENS = 12
@@ -36,12 +34,6 @@ CONVERSATIONS = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def model_dir(tokenizer_dir, tmp_path_factory):
     return build_tiny_llama(
@@ -51,11 +43,7 @@ def model_dir(tokenizer_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(model_dir, tmp_path_factory):
-    import uvicorn
-
-    from distilltune.serve.app import create_app
     from distilltune.serve.config import ServeConfig
-    from distilltune.serve.loading import build_state
 
     cfg = ServeConfig(
         model=str(model_dir),
@@ -65,18 +53,8 @@ def server(model_dir, tmp_path_factory):
         limits={"max_tokens": 64},
         generation={"default_max_tokens": MAX_TOKENS},
     )
-    state = build_state(cfg)
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(state), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 60
-    while not srv.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert srv.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}", state
-    srv.should_exit = True
-    thread.join(30)
+    with running_server(cfg) as live:
+        yield live
 
 
 def _evaluate_driver(model_dir, state):

@@ -5,10 +5,12 @@ Routes: ``POST /v1/chat/completions`` (JSON or SSE ``chat.completion.chunk`` eve
 (adapters listed with their parent, as vLLM does), ``GET /health``, ``GET /metrics`` (Prometheus).
 
 Every error leaves in OpenAI's JSON shape so the official client raises its typed exceptions:
-401 (API key), 400 (bad JSON, unsupported parameter, over a limit), 404 (unknown model), 413 (body
-too large), 422 (schema), 429 + Retry-After (queue full), 504 (per-request timeout). Bad input is
-never a 5xx: the client retries those. The request body is parsed here rather than by FastAPI so
-the error shape and the status codes are ours, and error messages never echo request content.
+401 (API key), 400 (bad JSON of any depth or size, unsupported parameter, over a limit), 403/415
+(without an API key: a foreign Host or Origin, a non-JSON body; see ``check_browser_safety``), 404
+(unknown model), 408 (body not received in time), 413 (body too large), 422 (schema), 429 +
+Retry-After (queue full), 504 (per-request timeout). Bad input is never a 5xx: the client retries
+those. The request body is parsed here rather than by FastAPI so the error shape and the status codes
+are ours, and error messages never echo request content or exception internals.
 
 Each request writes one row to the request log and updates the metrics, whatever its outcome
 (status 499 when the client went away mid-stream).
@@ -30,6 +32,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from distilltune.inference import ROUTE_REFUSED_INPUT, ROUTE_REFUSED_OUTPUT
 from distilltune.serve.loading import ServerState
@@ -61,7 +64,8 @@ def _citation_header(citations: list[dict]) -> str:
     return ",".join(quote(f, safe="/._-") for f in files)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The body, at most ``limit`` bytes, within ``timeout_s`` (a slow client cannot hold a slot)."""
     too_big = APIError(413, f"request body exceeds {limit} bytes", code="request_too_large")
     declared = request.headers.get("content-length")
     if declared is not None:
@@ -71,17 +75,28 @@ async def _read_body(request: Request, limit: int) -> bytes:
         except ValueError:
             raise APIError(400, "invalid Content-Length header") from None
     buf = bytearray()
-    async for part in request.stream():
-        buf += part
-        if len(buf) > limit:
-            raise too_big
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for part in request.stream():
+                buf += part
+                if len(buf) > limit:
+                    raise too_big
+    except TimeoutError:
+        raise APIError(
+            408, f"the request body did not arrive within {timeout_s:g} s", code="request_timeout"
+        ) from None
+    except ClientDisconnect:
+        raise APIError(499, "the client closed the connection", code="client_closed_request") from None
     return bytes(buf)
 
 
 def _parse(body: bytes) -> ChatRequest:
+    """JSON → ``ChatRequest``; anything malformed (any depth, any size of number) is a 4xx."""
     try:
         payload = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except RecursionError:
+        raise APIError(400, "request body is nested too deeply", code="invalid_json") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, an integer over Python's digit limit
         raise APIError(
             400, f"request body is not valid JSON ({type(e).__name__})", code="invalid_json"
         ) from None
@@ -91,6 +106,46 @@ def _parse(body: bytes) -> ChatRequest:
         return ChatRequest.model_validate(payload)
     except ValidationError as e:
         raise validation_error(e) from None
+    except RecursionError:
+        raise APIError(400, "request body is nested too deeply", code="invalid_json") from None
+
+
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+
+
+def _hostname(host: str) -> str:
+    """The name part of a Host header or an origin's authority ("[::1]:8000" → "::1")."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def check_browser_safety(request: Request, allowed_hosts: set[str]) -> None:
+    """Without an API key, refuse what a web page in the user's browser could send.
+
+    A page can POST to 127.0.0.1 from any origin as a "simple" request (``text/plain`` or a form, no
+    preflight), and DNS rebinding can make a page's own host name resolve to 127.0.0.1. So: the body
+    must be declared ``application/json`` (a cross-origin JSON POST needs a CORS preflight, which this
+    server never grants), the Host must be a name this server answers to, and an ``Origin`` header,
+    which browsers send on cross-origin POSTs, must be this server's own.
+    """
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/json":
+        raise APIError(415, "Content-Type must be application/json", code="unsupported_media_type")
+    host = request.headers.get("host", "")
+    if "*" not in allowed_hosts and _hostname(host) not in allowed_hosts:
+        raise APIError(
+            403,
+            "this Host is not served without an API key (see limits.allowed_hosts)",
+            code="forbidden_host",
+        )
+    origin = request.headers.get("origin")
+    if origin is not None and origin.strip().lower() not in (
+        f"http://{host}".lower(),
+        f"https://{host}".lower(),
+    ):
+        raise APIError(403, "cross-origin requests need an API key", code="cross_origin")
 
 
 async def _next(events: AsyncIterator, deadline: float, timeout_s: float):
@@ -111,6 +166,7 @@ def create_app(state: ServerState, manage_lifecycle: bool = True) -> FastAPI:
     pipeline = RequestPipeline(state)
     cfg = state.config
     metrics = state.metrics
+    allowed_hosts = {*LOOPBACK_NAMES, cfg.host.lower(), *(h.lower() for h in cfg.limits.allowed_hosts)}
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -189,6 +245,7 @@ def create_app(state: ServerState, manage_lifecycle: bool = True) -> FastAPI:
 
     @app.get("/health")
     async def health():
+        """503 when an engine or the request log's writer has stopped (why: the operator's log)."""
         engines = {"student": state.student.engine}
         if state.fallback is not None:
             engines["fallback"] = state.fallback.engine
@@ -196,11 +253,12 @@ def create_app(state: ServerState, manage_lifecycle: bool = True) -> FastAPI:
             "status": "ok",
             "models": list(state.models),
             "engines": {
-                k: {"queue_depth": e.queue_depth, "active": e.active, "error": e.fatal}
+                k: {"queue_depth": e.queue_depth, "active": e.active, "healthy": e.healthy}
                 for k, e in engines.items()
             },
+            "log": {"healthy": state.log.healthy},
         }
-        if any(e.fatal for e in engines.values()):
+        if not state.log.healthy or not all(e.healthy for e in engines.values()):
             body["status"] = "error"
             return JSONResponse(body, status_code=503)
         return body
@@ -240,7 +298,9 @@ def create_app(state: ServerState, manage_lifecycle: bool = True) -> FastAPI:
         events = None
         try:
             check_auth(request)
-            req = _parse(await _read_body(request, cfg.limits.max_body_bytes))
+            if state.api_key is None:
+                check_browser_safety(request, allowed_hosts)
+            req = _parse(await _read_body(request, cfg.limits.max_body_bytes, cfg.limits.body_timeout_s))
             rec.stream = req.stream
             served = pipeline.resolve(req)
             rec.model, rec.adapter = req.model, served.adapter

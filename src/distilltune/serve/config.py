@@ -31,6 +31,13 @@ class Limits(StrictModel):
     )
     max_queue: int = Field(default=64, ge=1, description="waiting requests per model before 429")
     timeout_s: float = Field(default=120.0, gt=0, description="per-request wall-clock limit")
+    body_timeout_s: float = Field(
+        default=30.0, gt=0, description="the whole request body must arrive within this (else 408)"
+    )
+    allowed_hosts: list[str] = Field(
+        default=[],
+        description="without an API key: Host names accepted besides loopback and --host ('*' = any)",
+    )
 
 
 class Batching(StrictModel):

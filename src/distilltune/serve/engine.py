@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import threading
 import time
 from collections import deque
@@ -40,6 +41,15 @@ import torch
 
 from distilltune.inference.cascade import confidence
 from distilltune.models.generate import _cache_kwarg, uses_prefix_tuning
+
+log = logging.getLogger("distilltune.serve")
+
+
+# Seeds go to ``torch.Generator.manual_seed`` (a 64-bit value): OpenAI's int64 range is accepted.
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
+# Below this a sampling temperature divides the logits into infinities (NaN probabilities); the API
+# rejects such values up front (400), and the engine fails a row that still hits one, never itself.
+MIN_TEMPERATURE = 1e-4
 
 
 class QueueFull(Exception):
@@ -101,6 +111,7 @@ class _Row:
     prefill_s: float = 0.0
     max_batch_seen: int = 0
     generator: torch.Generator | None = None
+    error: str | None = None  # this request failed (its own parameters or callbacks): retire it alone
 
 
 class _Batch:
@@ -112,6 +123,7 @@ class _Batch:
         self.mask: torch.Tensor | None = None  # [b, L] 1 for real positions in cache/sequence
         self.cache = None
         self.next_ids: torch.Tensor | None = None  # [b] the token each row feeds next
+        self.logprobs: torch.Tensor | None = None  # [b] their log-probabilities (a fresh group only)
         self.adapter: str | None = None
 
     def __len__(self) -> int:
@@ -221,6 +233,11 @@ class Engine:
     def active(self) -> int:
         return self._active
 
+    @property
+    def healthy(self) -> bool:
+        """The worker runs and has not died (``/health`` reports an engine that is not)."""
+        return self.fatal is None and self._thread is not None and self._thread.is_alive()
+
     def retry_after_s(self) -> float:
         """A rough wait until a queue slot frees: queued work × the recent step time, at least 1 s."""
         step = self._step_s_ema or 0.05
@@ -233,6 +250,10 @@ class Engine:
             raise ValueError(f"unknown adapter {req.adapter!r}")
         if not req.prompt_ids:
             raise ValueError("empty prompt")
+        if req.seed is not None and not SEED_MIN <= req.seed <= SEED_MAX:
+            raise ValueError(f"seed must be between {SEED_MIN} and {SEED_MAX}")
+        if not 0 <= req.temperature < float("inf") or not 0 < req.top_p <= 1:
+            raise ValueError("temperature must be finite and >= 0, top_p in (0, 1]")
         with self._cv:
             if self._stopping or self.fatal:
                 raise EngineStopped(self.fatal or "engine is stopping")
@@ -268,6 +289,8 @@ class Engine:
 
     # ---- the worker ---------------------------------------------------------------------------
     def _run(self) -> None:
+        """The worker loop. A failure while serving requests fails those requests, never the loop:
+        only a failure of the loop's own bookkeeping is fatal (then every request is failed, not hung)."""
         batch = _Batch()
         try:
             while True:
@@ -279,28 +302,46 @@ class Engine:
                     admitted = self._take_admissible(batch)
                 self._drop_cancelled(batch)
                 if admitted:
-                    self._admit(batch, admitted)
+                    self._guarded(batch, self._admit, batch, admitted)
                 if batch.rows:
-                    self._step(batch)
+                    self._guarded(batch, self._step, batch)
                 self._active = len(batch.rows)
-        except Exception as e:  # a bug or an OOM: fail every request rather than hang them
+        except Exception as e:  # a bug in the loop itself: fail every request rather than hang them
             self.fatal = f"{type(e).__name__}: {e}"
-            with self._cv:
-                pending = list(self._waiting)
-                self._waiting.clear()
-            for row in batch.rows:
-                self._finish(row, "error")
-            for req in pending:
-                self._finish(_Row(req), "error")
+            log.error("engine %s stopped: %s", self.name, type(e).__name__)
+            self._end_all(batch, "error")
             raise
-        # Shutting down: end everything still pending so no caller waits forever.
+        self._end_all(batch, "cancelled")  # shutting down: no caller waits forever
+
+    def _end_all(self, batch: _Batch, reason: str) -> None:
         with self._cv:
             pending = list(self._waiting)
             self._waiting.clear()
         for row in batch.rows:
-            self._finish(row, "cancelled")
+            self._finish(row, reason)
         for req in pending:
-            self._finish(_Row(req), "cancelled")
+            self._finish(_Row(req), reason)
+        batch.rows = []
+
+    def _guarded(self, batch: _Batch, fn, *args) -> None:
+        """Run a prefill or decode step; if it raises, the rows it touched fail and the engine goes on.
+
+        The running batch's cache may be half-updated after a failure, so every row in it fails with
+        the step (a failed prefill of new rows before the merge fails only those, see ``_prefill_group``)."""
+        try:
+            fn(*args)
+        except Exception as e:
+            log.error(
+                "engine %s: a step failed (%s); failing its %d request(s)",
+                self.name,
+                type(e).__name__,
+                len(batch.rows),
+            )
+            for row in batch.rows:
+                row.error = row.error or "generation failed"
+                self._finish(row, "error")
+            batch.rows, batch.mask, batch.cache, batch.seq, batch.next_ids = [], None, None, None, None
+            batch.adapter = None
 
     def _take_admissible(self, batch: _Batch) -> list[GenRequest]:
         """Pop waiting requests that may join now (called with the lock held)."""
@@ -355,6 +396,19 @@ class Engine:
             self._prefill_group(batch, group, len(reqs))
 
     def _prefill_group(self, batch: _Batch, reqs: list[GenRequest], admitted: int) -> None:
+        try:
+            group = self._prefill(reqs, admitted)
+        except Exception as e:  # before the merge: the running batch is untouched, only these fail
+            log.error("engine %s: prefill failed (%s)", self.name, type(e).__name__)
+            for r in reqs:
+                self._finish(_Row(r, error="generation failed"), "error")
+            return
+        new_rows = group.rows
+        self._merge(batch, group)
+        self._emit_and_retire(batch, group.next_ids, group.logprobs, rows_new=new_rows)
+
+    def _prefill(self, reqs: list[GenRequest], admitted: int) -> _Batch:
+        """Prefill ``reqs`` as a group and pick their first tokens; returns the group, not yet merged."""
         t0 = time.perf_counter()
         width = max(len(r.prompt_ids) for r in reqs)
         ids = torch.full((len(reqs), width), self.pad_id, dtype=torch.long)
@@ -391,9 +445,8 @@ class Engine:
         group = _Batch()
         group.rows, group.mask, group.cache, group.adapter = rows, mask, cache, adapter
         group.seq = None if self.use_cache else ids
-        group.next_ids = nxt
-        self._merge(batch, group)
-        self._emit_and_retire(batch, nxt, lp, rows_new=rows)
+        group.next_ids, group.logprobs = nxt, lp
+        return group
 
     def _merge(self, batch: _Batch, group: _Batch) -> None:
         if not batch.rows:
@@ -424,14 +477,21 @@ class Engine:
         nxt = logits.argmax(-1)
         for i, row in enumerate(rows):
             t = row.req.temperature
-            if t and t > 0:
-                probs = torch.softmax(logits[i] / t, dim=-1)
-                if row.req.top_p < 1.0:
-                    sp, si = probs.sort(descending=True)
-                    keep = sp.cumsum(-1) - sp < row.req.top_p
-                    probs = torch.zeros_like(probs).scatter(0, si[keep], sp[keep])
-                nxt[i] = torch.multinomial(probs, 1, generator=row.generator).squeeze(-1)
+            if t and t > 0 and row.error is None:
+                try:
+                    nxt[i] = self._sample(logits[i], row)
+                except (RuntimeError, ValueError):  # e.g. NaN probabilities: this request fails alone
+                    row.error = "sampling failed"
         return nxt, logp.gather(-1, nxt[:, None]).squeeze(-1)
+
+    @staticmethod
+    def _sample(logits: torch.Tensor, row: _Row) -> torch.Tensor:
+        probs = torch.softmax(logits / row.req.temperature, dim=-1)
+        if row.req.top_p < 1.0:
+            sp, si = probs.sort(descending=True)
+            keep = sp.cumsum(-1) - sp < row.req.top_p
+            probs = torch.zeros_like(probs).scatter(0, si[keep], sp[keep])
+        return torch.multinomial(probs, 1, generator=row.generator).squeeze(-1)
 
     @torch.inference_mode()
     def _step(self, batch: _Batch) -> None:
@@ -486,10 +546,18 @@ class Engine:
         for j, row in enumerate(targets):
             i = offset + j
             tok, tok_lp = ids[j], lps[j]
+            if row.error is not None:
+                finished[i] = "error"
+                continue
             row.out_ids.append(tok)
             row.out_lp.append(tok_lp)
             if row.req.on_token is not None:
-                row.req.on_token(tok, tok_lp)
+                try:
+                    row.req.on_token(tok, tok_lp)
+                except Exception:  # the caller's callback broke: its request ends, the batch goes on
+                    row.error = "token callback failed"
+                    finished[i] = "error"
+                    continue
             if tok in self.stop_ids:
                 finished[i] = "stop"
             elif len(row.out_ids) >= row.req.max_new_tokens:
@@ -546,10 +614,13 @@ class Engine:
             prefill_s=row.prefill_s,
             decode_s=(now - row.first_token_at) if row.first_token_at else 0.0,
             max_batch_seen=row.max_batch_seen,
-            error=self.fatal if reason == "error" else None,
+            error=(row.error or "engine stopped") if reason == "error" else None,
         )
         if req.on_done is not None:
-            req.on_done(res)
+            try:
+                req.on_done(res)
+            except Exception:  # a caller's callback must not take the worker down
+                log.error("engine %s: a request's completion callback failed", self.name)
 
 
 class GenHandle:

@@ -26,7 +26,15 @@ from dataclasses import dataclass, field
 from anyio import to_thread
 
 from distilltune.inference import ROUTE_REFUSED_INPUT, RequestPath, RequestResult, prompt_ids
-from distilltune.serve.engine import EngineStopped, GenHandle, GenResult, QueueFull
+from distilltune.serve.engine import (
+    MIN_TEMPERATURE,
+    SEED_MAX,
+    SEED_MIN,
+    EngineStopped,
+    GenHandle,
+    GenResult,
+    QueueFull,
+)
 from distilltune.serve.loading import ModelSlot, ServedModel, ServerState
 from distilltune.serve.openai_types import APIError, ChatRequest, usage_dict
 from distilltune.serve.requestlog import LogRecord
@@ -84,9 +92,10 @@ class RequestPipeline:
     def resolve(self, req: ChatRequest) -> ServedModel:
         served = self.state.models.get(req.model)
         if served is None:
+            # Never echo the field: a client may put anything there (an email, a prompt).
             raise APIError(
                 404,
-                f"model {req.model!r} does not exist; available: {', '.join(self.state.models)}",
+                f"the requested model does not exist; available: {', '.join(self.state.models)}",
                 code="model_not_found",
                 param="model",
             )
@@ -112,19 +121,28 @@ class RequestPipeline:
             raise APIError(400, "the conversation must end with a user message", param="messages")
         if any(m.role == "user" and not m.text().strip() for m in turns):
             raise APIError(400, "user messages must not be empty", param="messages")
-        asked = req.max_completion_tokens or req.max_tokens
-        if asked is not None and asked > lim.max_tokens:
+        for name in ("max_tokens", "max_completion_tokens"):  # both: either one may be the one used
+            asked = getattr(req, name)
+            if asked is not None and asked > lim.max_tokens:
+                raise APIError(400, f"{name} exceeds this server's limit of {lim.max_tokens}", param=name)
+        self._check_sampling(req)
+        return req.max_completion_tokens or req.max_tokens or self.state.config.generation.default_max_tokens
+
+    @staticmethod
+    def _check_sampling(req: ChatRequest) -> None:
+        """Values the schema admits but the sampler cannot use: a 400 now, not a failure in the engine."""
+        if req.seed is not None and not SEED_MIN <= req.seed <= SEED_MAX:
+            raise APIError(400, f"seed must be between {SEED_MIN} and {SEED_MAX}", param="seed")
+        if req.temperature is not None and 0 < req.temperature < MIN_TEMPERATURE:
             raise APIError(
-                400, f"max_tokens {asked} exceeds this server's limit of {lim.max_tokens}", param="max_tokens"
+                400, f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE:g}", param="temperature"
             )
-        return asked or self.state.config.generation.default_max_tokens
 
     # ---- the generation backend -----------------------------------------------------------------
     def _submit(self, slot: ModelSlot, prompt_ids: list[int], max_tokens: int, **kw) -> GenHandle:
         try:
             return slot.engine.submit(prompt_ids, max_tokens, **kw)
-        except QueueFull as e:
-            self.state.metrics.errors.labels("429").inc()
+        except QueueFull as e:  # counted in distilltune_errors_total when the request is finalized
             raise APIError(
                 429,
                 f"the server is busy ({e.depth} requests waiting); retry after {e.retry_after_s:g} s",
@@ -132,8 +150,10 @@ class RequestPipeline:
                 code="queue_full",
                 headers={"Retry-After": str(max(1, round(e.retry_after_s)))},
             ) from None
-        except EngineStopped as e:
-            raise APIError(503, f"the model is unavailable: {e}", type="server_error") from None
+        except EngineStopped:  # its reason is for the operator's log, not for clients
+            raise APIError(503, "the model is unavailable", type="server_error", code="unavailable") from None
+        except ValueError:  # parameters the engine refuses (checked up front; a last line of defence)
+            raise APIError(400, "invalid generation parameters", code="invalid_request") from None
 
     def _check_length(self, slot: ModelSlot, prompt_ids: list[int], max_tokens: int) -> None:
         lim = self.state.config.limits.max_prompt_tokens
@@ -162,7 +182,7 @@ class RequestPipeline:
     def _generation_failed(res: GenResult) -> APIError:
         if res.finish_reason == "cancelled":  # the engine stopped under us: shutting down
             return APIError(503, "the server is shutting down", type="server_error", code="unavailable")
-        return APIError(500, f"generation failed ({res.error or res.finish_reason})", type="server_error")
+        return APIError(500, "generation failed", type="server_error", code="generation_failed")
 
     def _account(self, slot: ModelSlot, gen: GenResult, rec: LogRecord) -> None:
         m = self.state.metrics
