@@ -30,13 +30,12 @@ from urllib.parse import quote
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import ClientDisconnect
 
 from distilltune.inference import ROUTE_REFUSED_INPUT, ROUTE_REFUSED_OUTPUT
+from distilltune.serve.intake import LOOPBACK_NAMES, check_browser_safety, parse_request, read_body
 from distilltune.serve.loading import ServerState
-from distilltune.serve.openai_types import APIError, ChatRequest, chunk, completion, new_id, validation_error
+from distilltune.serve.openai_types import APIError, chunk, completion, new_id
 from distilltune.serve.pipeline import Delta, End, RequestPipeline, Start
 from distilltune.serve.requestlog import LogRecord
 
@@ -62,90 +61,6 @@ def _internal(e: Exception) -> APIError:
 def _citation_header(citations: list[dict]) -> str:
     files = list(dict.fromkeys(c["file"] for c in citations if c.get("file")))
     return ",".join(quote(f, safe="/._-") for f in files)
-
-
-async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
-    """The body, at most ``limit`` bytes, within ``timeout_s`` (a slow client cannot hold a slot)."""
-    too_big = APIError(413, f"request body exceeds {limit} bytes", code="request_too_large")
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            if int(declared) > limit:
-                raise too_big
-        except ValueError:
-            raise APIError(400, "invalid Content-Length header") from None
-    buf = bytearray()
-    try:
-        async with asyncio.timeout(timeout_s):
-            async for part in request.stream():
-                buf += part
-                if len(buf) > limit:
-                    raise too_big
-    except TimeoutError:
-        raise APIError(
-            408, f"the request body did not arrive within {timeout_s:g} s", code="request_timeout"
-        ) from None
-    except ClientDisconnect:
-        raise APIError(499, "the client closed the connection", code="client_closed_request") from None
-    return bytes(buf)
-
-
-def _parse(body: bytes) -> ChatRequest:
-    """JSON → ``ChatRequest``; anything malformed (any depth, any size of number) is a 4xx."""
-    try:
-        payload = json.loads(body)
-    except RecursionError:
-        raise APIError(400, "request body is nested too deeply", code="invalid_json") from None
-    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, an integer over Python's digit limit
-        raise APIError(
-            400, f"request body is not valid JSON ({type(e).__name__})", code="invalid_json"
-        ) from None
-    if not isinstance(payload, dict):
-        raise APIError(400, "request body must be a JSON object", code="invalid_json")
-    try:
-        return ChatRequest.model_validate(payload)
-    except ValidationError as e:
-        raise validation_error(e) from None
-    except RecursionError:
-        raise APIError(400, "request body is nested too deeply", code="invalid_json") from None
-
-
-LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
-
-
-def _hostname(host: str) -> str:
-    """The name part of a Host header or an origin's authority ("[::1]:8000" → "::1")."""
-    host = host.strip().lower()
-    if host.startswith("["):
-        return host[1 : host.find("]")] if "]" in host else host
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-
-
-def check_browser_safety(request: Request, allowed_hosts: set[str]) -> None:
-    """Without an API key, refuse what a web page in the user's browser could send.
-
-    A page can POST to 127.0.0.1 from any origin as a "simple" request (``text/plain`` or a form, no
-    preflight), and DNS rebinding can make a page's own host name resolve to 127.0.0.1. So: the body
-    must be declared ``application/json`` (a cross-origin JSON POST needs a CORS preflight, which this
-    server never grants), the Host must be a name this server answers to, and an ``Origin`` header,
-    which browsers send on cross-origin POSTs, must be this server's own.
-    """
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype != "application/json":
-        raise APIError(415, "Content-Type must be application/json", code="unsupported_media_type")
-    host = request.headers.get("host", "")
-    if "*" not in allowed_hosts and _hostname(host) not in allowed_hosts:
-        raise APIError(
-            403,
-            "this Host is not served without an API key (see limits.allowed_hosts)",
-            code="forbidden_host",
-        )
-    origin = request.headers.get("origin")
-    if origin is not None and origin.strip().lower() not in (
-        f"http://{host}".lower(),
-        f"https://{host}".lower(),
-    ):
-        raise APIError(403, "cross-origin requests need an API key", code="cross_origin")
 
 
 async def _next(events: AsyncIterator, deadline: float, timeout_s: float):
@@ -300,7 +215,9 @@ def create_app(state: ServerState, manage_lifecycle: bool = True) -> FastAPI:
             check_auth(request)
             if state.api_key is None:
                 check_browser_safety(request, allowed_hosts)
-            req = _parse(await _read_body(request, cfg.limits.max_body_bytes, cfg.limits.body_timeout_s))
+            req = parse_request(
+                await read_body(request, cfg.limits.max_body_bytes, cfg.limits.body_timeout_s)
+            )
             rec.stream = req.stream
             served = pipeline.resolve(req)
             rec.model, rec.adapter = req.model, served.adapter
