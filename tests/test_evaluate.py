@@ -11,15 +11,14 @@ import pytest
 from distilltune.errors import UserError
 from distilltune.evaluation import answer as answer_mod
 from distilltune.evaluation.answer import (
-    ROUTE_MODEL,
     ROUTE_REFUSED_INPUT,
     ROUTE_REFUSED_OUTPUT,
+    ROUTE_STUDENT,
     answer_requests,
 )
 from distilltune.evaluation.config import EvaluateConfig
 from distilltune.evaluation.evaluate import evaluate
 from distilltune.models import load_model
-from distilltune.models.generate import Generation
 from distilltune.policy import Guard
 from distilltune.retrieval import GroundedPrompter
 from distilltune.task import load_task
@@ -81,7 +80,7 @@ def test_answer_requests_guard_in_the_loop(tiny, tiny_task):
     assert [m["role"] for m in out[2].loggable_conversation()] == ["user", "assistant", "user"]
     assert EMAIL not in json.dumps(out[2].loggable_conversation())
     for a in out[1:]:
-        assert a.route in (ROUTE_MODEL, ROUTE_REFUSED_OUTPUT)
+        assert a.route in (ROUTE_STUDENT, ROUTE_REFUSED_OUTPUT)
         assert 1 <= a.new_tokens <= 5 and a.prompt_tokens > 0 and a.raw_text is not None
         assert a.output_action is not None and a.prefill_s > 0
 
@@ -90,15 +89,20 @@ def test_answer_requests_output_guard(tiny, tiny_task, monkeypatch):
     task, guard, prompter = _pipeline(tiny_task, tiny.tokenizer)
     replies = iter([task.system_prompt, f"Write to {EMAIL} for help.", "Sorry, I can't help with that."])
 
-    def fake_generate(model, tokenizer, conversations, **kw):
-        return [Generation(next(replies), 10, 5, 0.01, 0.02, -1.0, True) for _ in conversations]
+    def fake_generate_ids(model, prompts, stop_ids, pad_id, max_new_tokens, temperature, generator):
+        """The batch backend, answering with fixed texts (each ending on the template's end token)."""
+        ids = [
+            tiny.tokenizer(next(replies), add_special_tokens=False)["input_ids"] + [stop_ids[0]]
+            for _ in prompts
+        ]
+        return ids, [[-1.0] * len(i) for i in ids], 0.01, 0.02
 
-    monkeypatch.setattr(answer_mod, "generate_chat", fake_generate)
+    monkeypatch.setattr(answer_mod, "generate_ids", fake_generate_ids)
     convs = [[{"role": "user", "content": q}] for q in ("When do you open?", "Who do I email?", "Hi")]
     leak, pii, soft = answer_requests(tiny.model, tiny.tokenizer, guard, prompter, convs, batch_size=1)
     assert leak.route == ROUTE_REFUSED_OUTPUT and leak.text == task.policy.refusal_message
     assert "system_prompt_leak" in leak.output_reasons
-    assert pii.route == ROUTE_MODEL and EMAIL not in pii.text and pii.output_action == "redact"
+    assert pii.route == ROUTE_STUDENT and EMAIL not in pii.text and pii.output_action == "redact"
     assert soft.route == ROUTE_REFUSED_OUTPUT and soft.text == task.policy.refusal_message
 
 

@@ -608,9 +608,9 @@ def test_an_internal_error_is_a_clean_500_without_request_text(live, monkeypatch
     def broken(conv):
         raise RuntimeError(f"bug while handling {conv[-1]['content']} {secret}")
 
-    from distilltune.serve import pipeline as pipeline_mod
+    from distilltune.inference import request as request_mod
 
-    monkeypatch.setattr(pipeline_mod.RequestPipeline, "_prompt", lambda self, conv: broken(conv))
+    monkeypatch.setattr(request_mod.RequestPath, "prepare", lambda self, conv: broken(conv))
     client = live.client()
     with pytest.raises(openai.InternalServerError) as e:
         _ask(client, f"my email is {secret}", max_tokens=4)

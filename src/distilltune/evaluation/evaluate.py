@@ -29,8 +29,8 @@ from pathlib import Path
 from distilltune.errors import UserError
 from distilltune.evaluation import behaviour, efficiency, grounding, quality
 from distilltune.evaluation.answer import (
-    ROUTE_MODEL,
     ROUTE_REFUSED_INPUT,
+    ROUTE_STUDENT,
     answer_requests,
     build_pipeline,
     hit_record,
@@ -106,7 +106,7 @@ def _answer_all(loaded, pipe, convs: list[list[dict]], cfg: EvaluateConfig, log,
         max_new_tokens=cfg.max_new_tokens,
         batch_size=cfg.batch_size,
     )
-    n_model = sum(a.route == ROUTE_MODEL for a in answers)
+    n_model = sum(a.route == ROUTE_STUDENT for a in answers)
     log(f"{what}: {len(answers)} answers in {time.perf_counter() - t0:.1f} s ({n_model} from the model)")
     return answers
 

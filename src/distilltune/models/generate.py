@@ -61,8 +61,13 @@ def _cache_kwarg(model) -> str:
 
 
 def render_prompt(tokenizer, messages: list[dict]) -> list[int]:
-    out = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=True)
-    return list(out["input_ids"])
+    """The prompt ids of a chat: the template rendered as text, then one tokenizer call.
+
+    The same ids as ``apply_chat_template(tokenize=True)`` (which renders, then tokenizes without
+    special tokens), ~500x faster than tokenizing inside it; training encodes the same way. The one
+    prompt tokenization for evaluation and serving (``distilltune.inference``)."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 @torch.inference_mode()

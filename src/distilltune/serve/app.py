@@ -5,10 +5,12 @@ Routes: ``POST /v1/chat/completions`` (JSON or SSE ``chat.completion.chunk`` eve
 (adapters listed with their parent, as vLLM does), ``GET /health``, ``GET /metrics`` (Prometheus).
 
 Every error leaves in OpenAI's JSON shape so the official client raises its typed exceptions:
-401 (API key), 400 (bad JSON, unsupported parameter, over a limit), 404 (unknown model), 413 (body
-too large), 422 (schema), 429 + Retry-After (queue full), 504 (per-request timeout). Bad input is
-never a 5xx: the client retries those. The request body is parsed here rather than by FastAPI so
-the error shape and the status codes are ours, and error messages never echo request content.
+401 (API key), 400 (bad JSON of any depth or size, unsupported parameter, over a limit), 403/415
+(without an API key: a foreign Host or Origin, a non-JSON body; see ``check_browser_safety``), 404
+(unknown model), 408 (body not received in time), 413 (body too large), 422 (schema), 429 +
+Retry-After (queue full), 504 (per-request timeout). Bad input is never a 5xx: the client retries
+those. The request body is parsed here rather than by FastAPI so the error shape and the status codes
+are ours, and error messages never echo request content or exception internals.
 
 Each request writes one row to the request log and updates the metrics, whatever its outcome
 (status 499 when the client went away mid-stream).
@@ -28,19 +30,13 @@ from urllib.parse import quote
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from distilltune.inference import ROUTE_REFUSED_INPUT, ROUTE_REFUSED_OUTPUT
+from distilltune.serve.intake import LOOPBACK_NAMES, check_browser_safety, parse_request, read_body
 from distilltune.serve.loading import ServerState
-from distilltune.serve.openai_types import APIError, ChatRequest, chunk, completion, new_id, validation_error
-from distilltune.serve.pipeline import (
-    ROUTE_REFUSED_INPUT,
-    ROUTE_REFUSED_OUTPUT,
-    Delta,
-    End,
-    RequestPipeline,
-    Start,
-)
+from distilltune.serve.openai_types import APIError, chunk, completion, new_id
+from distilltune.serve.pipeline import Delta, End, RequestPipeline, Start
 from distilltune.serve.requestlog import LogRecord
 
 log = logging.getLogger("distilltune.serve")
@@ -67,38 +63,6 @@ def _citation_header(citations: list[dict]) -> str:
     return ",".join(quote(f, safe="/._-") for f in files)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    too_big = APIError(413, f"request body exceeds {limit} bytes", code="request_too_large")
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            if int(declared) > limit:
-                raise too_big
-        except ValueError:
-            raise APIError(400, "invalid Content-Length header") from None
-    buf = bytearray()
-    async for part in request.stream():
-        buf += part
-        if len(buf) > limit:
-            raise too_big
-    return bytes(buf)
-
-
-def _parse(body: bytes) -> ChatRequest:
-    try:
-        payload = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise APIError(
-            400, f"request body is not valid JSON ({type(e).__name__})", code="invalid_json"
-        ) from None
-    if not isinstance(payload, dict):
-        raise APIError(400, "request body must be a JSON object", code="invalid_json")
-    try:
-        return ChatRequest.model_validate(payload)
-    except ValidationError as e:
-        raise validation_error(e) from None
-
-
 async def _next(events: AsyncIterator, deadline: float, timeout_s: float):
     """The next pipeline event, or a 504 when the request's deadline passes first."""
     remaining = deadline - time.perf_counter()
@@ -117,6 +81,7 @@ def create_app(state: ServerState, manage_lifecycle: bool = True) -> FastAPI:
     pipeline = RequestPipeline(state)
     cfg = state.config
     metrics = state.metrics
+    allowed_hosts = {*LOOPBACK_NAMES, cfg.host.lower(), *(h.lower() for h in cfg.limits.allowed_hosts)}
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -195,6 +160,7 @@ def create_app(state: ServerState, manage_lifecycle: bool = True) -> FastAPI:
 
     @app.get("/health")
     async def health():
+        """503 when an engine or the request log's writer has stopped (why: the operator's log)."""
         engines = {"student": state.student.engine}
         if state.fallback is not None:
             engines["fallback"] = state.fallback.engine
@@ -202,11 +168,12 @@ def create_app(state: ServerState, manage_lifecycle: bool = True) -> FastAPI:
             "status": "ok",
             "models": list(state.models),
             "engines": {
-                k: {"queue_depth": e.queue_depth, "active": e.active, "error": e.fatal}
+                k: {"queue_depth": e.queue_depth, "active": e.active, "healthy": e.healthy}
                 for k, e in engines.items()
             },
+            "log": {"healthy": state.log.healthy},
         }
-        if any(e.fatal for e in engines.values()):
+        if not state.log.healthy or not all(e.healthy for e in engines.values()):
             body["status"] = "error"
             return JSONResponse(body, status_code=503)
         return body
@@ -246,7 +213,11 @@ def create_app(state: ServerState, manage_lifecycle: bool = True) -> FastAPI:
         events = None
         try:
             check_auth(request)
-            req = _parse(await _read_body(request, cfg.limits.max_body_bytes))
+            if state.api_key is None:
+                check_browser_safety(request, allowed_hosts)
+            req = parse_request(
+                await read_body(request, cfg.limits.max_body_bytes, cfg.limits.body_timeout_s)
+            )
             rec.stream = req.stream
             served = pipeline.resolve(req)
             rec.model, rec.adapter = req.model, served.adapter

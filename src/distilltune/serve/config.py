@@ -12,6 +12,7 @@ import re
 from pydantic import Field, field_validator, model_validator
 
 from distilltune.config import StrictModel
+from distilltune.inference.cascade import CascadeConfig
 from distilltune.policy import GuardConfig
 from distilltune.retrieval.config import RetrievalConfig
 
@@ -30,6 +31,13 @@ class Limits(StrictModel):
     )
     max_queue: int = Field(default=64, ge=1, description="waiting requests per model before 429")
     timeout_s: float = Field(default=120.0, gt=0, description="per-request wall-clock limit")
+    body_timeout_s: float = Field(
+        default=30.0, gt=0, description="the whole request body must arrive within this (else 408)"
+    )
+    allowed_hosts: list[str] = Field(
+        default=[],
+        description="without an API key: Host names accepted besides loopback and --host ('*' = any)",
+    )
 
 
 class Batching(StrictModel):
@@ -40,21 +48,6 @@ class Generation(StrictModel):
     default_max_tokens: int = Field(default=128, ge=1, description="when the request sets no max_tokens")
     default_temperature: float = Field(
         default=0.0, ge=0, le=2, description="when the request sets none (0 = greedy, unlike OpenAI's 1)"
-    )
-
-
-class Cascade(StrictModel):
-    """When the student is unsure, the fallback model answers instead."""
-
-    min_mean_logprob: float = Field(
-        default=-1.5,
-        le=0,
-        description="escalate when the student's mean token log-probability is below this",
-    )
-    min_retrieval_score: float | None = Field(
-        default=None,
-        description="also escalate when the best retrieval score is below this (scale depends on the "
-        "retrieval mode; None = ignore retrieval)",
     )
 
 
@@ -76,7 +69,7 @@ class ServeConfig(StrictModel):
     limits: Limits = Limits()
     batching: Batching = Batching()
     generation: Generation = Generation()
-    cascade: Cascade = Cascade()
+    cascade: CascadeConfig = CascadeConfig()
     retrieval: RetrievalConfig = RetrievalConfig()
     guard: GuardConfig = GuardConfig()
 

@@ -21,7 +21,7 @@ Several LoRA adapters can share the base (``adapter`` per request): a batch hold
 time; the oldest waiting request decides which adapter runs next.
 
 Tokens are reported per row through callbacks run on the worker thread; ``submit`` wraps them for
-asyncio callers (``GenHandle``). Per-token log-probabilities are returned for the cascade's
+asyncio callers (``GenHandle``). The request/result types live in ``serve.generation``. Per-token log-probabilities are returned for the cascade's
 confidence signal.
 """
 
@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import threading
 import time
 from collections import deque
@@ -39,54 +40,18 @@ from dataclasses import dataclass, field
 import torch
 
 from distilltune.models.generate import _cache_kwarg, uses_prefix_tuning
+from distilltune.serve.generation import (
+    MIN_TEMPERATURE,
+    SEED_MAX,
+    SEED_MIN,
+    EngineStopped,
+    GenHandle,
+    GenRequest,
+    GenResult,
+    QueueFull,
+)
 
-
-class QueueFull(Exception):
-    """The waiting queue is at capacity; the caller should answer 429 with Retry-After."""
-
-    def __init__(self, depth: int, retry_after_s: float):
-        super().__init__(f"request queue is full ({depth} waiting)")
-        self.depth = depth
-        self.retry_after_s = retry_after_s
-
-
-class EngineStopped(Exception):
-    """The engine is shutting down or its worker died; no new requests are accepted."""
-
-
-@dataclass
-class GenResult:
-    token_ids: list[int]
-    logprobs: list[float]
-    finish_reason: str  # "stop" (end token) | "length" (max_new_tokens) | "cancelled" | "error"
-    prompt_tokens: int
-    queue_s: float  # submitted → admitted into a batch
-    prefill_s: float  # the group prefill that produced the first token
-    decode_s: float  # first token → last token
-    max_batch_seen: int  # the largest batch this request was decoded in
-    error: str | None = None
-
-    @property
-    def mean_logprob(self) -> float | None:
-        return sum(self.logprobs) / len(self.logprobs) if self.logprobs else None
-
-
-@dataclass
-class GenRequest:
-    prompt_ids: list[int]
-    max_new_tokens: int
-    adapter: str | None = None
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int | None = None
-    on_token: Callable[[int, float], None] | None = None  # runs on the worker thread
-    on_done: Callable[[GenResult], None] | None = None  # runs on the worker thread
-    id: int = 0
-    submitted_at: float = 0.0
-    cancelled: threading.Event = field(default_factory=threading.Event)
-
-    def cancel(self) -> None:
-        self.cancelled.set()
+log = logging.getLogger("distilltune.serve")
 
 
 @dataclass
@@ -100,6 +65,7 @@ class _Row:
     prefill_s: float = 0.0
     max_batch_seen: int = 0
     generator: torch.Generator | None = None
+    error: str | None = None  # this request failed (its own parameters or callbacks): retire it alone
 
 
 class _Batch:
@@ -111,6 +77,7 @@ class _Batch:
         self.mask: torch.Tensor | None = None  # [b, L] 1 for real positions in cache/sequence
         self.cache = None
         self.next_ids: torch.Tensor | None = None  # [b] the token each row feeds next
+        self.logprobs: torch.Tensor | None = None  # [b] their log-probabilities (a fresh group only)
         self.adapter: str | None = None
 
     def __len__(self) -> int:
@@ -220,6 +187,11 @@ class Engine:
     def active(self) -> int:
         return self._active
 
+    @property
+    def healthy(self) -> bool:
+        """The worker runs and has not died (``/health`` reports an engine that is not)."""
+        return self.fatal is None and self._thread is not None and self._thread.is_alive()
+
     def retry_after_s(self) -> float:
         """A rough wait until a queue slot frees: queued work × the recent step time, at least 1 s."""
         step = self._step_s_ema or 0.05
@@ -232,6 +204,10 @@ class Engine:
             raise ValueError(f"unknown adapter {req.adapter!r}")
         if not req.prompt_ids:
             raise ValueError("empty prompt")
+        if req.seed is not None and not SEED_MIN <= req.seed <= SEED_MAX:
+            raise ValueError(f"seed must be between {SEED_MIN} and {SEED_MAX}")
+        if not 0 <= req.temperature < float("inf") or not 0 < req.top_p <= 1:
+            raise ValueError("temperature must be finite and >= 0, top_p in (0, 1]")
         with self._cv:
             if self._stopping or self.fatal:
                 raise EngineStopped(self.fatal or "engine is stopping")
@@ -267,6 +243,8 @@ class Engine:
 
     # ---- the worker ---------------------------------------------------------------------------
     def _run(self) -> None:
+        """The worker loop. A failure while serving requests fails those requests, never the loop:
+        only a failure of the loop's own bookkeeping is fatal (then every request is failed, not hung)."""
         batch = _Batch()
         try:
             while True:
@@ -278,28 +256,46 @@ class Engine:
                     admitted = self._take_admissible(batch)
                 self._drop_cancelled(batch)
                 if admitted:
-                    self._admit(batch, admitted)
+                    self._guarded(batch, self._admit, batch, admitted)
                 if batch.rows:
-                    self._step(batch)
+                    self._guarded(batch, self._step, batch)
                 self._active = len(batch.rows)
-        except Exception as e:  # a bug or an OOM: fail every request rather than hang them
+        except Exception as e:  # a bug in the loop itself: fail every request rather than hang them
             self.fatal = f"{type(e).__name__}: {e}"
-            with self._cv:
-                pending = list(self._waiting)
-                self._waiting.clear()
-            for row in batch.rows:
-                self._finish(row, "error")
-            for req in pending:
-                self._finish(_Row(req), "error")
+            log.error("engine %s stopped: %s", self.name, type(e).__name__)
+            self._end_all(batch, "error")
             raise
-        # Shutting down: end everything still pending so no caller waits forever.
+        self._end_all(batch, "cancelled")  # shutting down: no caller waits forever
+
+    def _end_all(self, batch: _Batch, reason: str) -> None:
         with self._cv:
             pending = list(self._waiting)
             self._waiting.clear()
         for row in batch.rows:
-            self._finish(row, "cancelled")
+            self._finish(row, reason)
         for req in pending:
-            self._finish(_Row(req), "cancelled")
+            self._finish(_Row(req), reason)
+        batch.rows = []
+
+    def _guarded(self, batch: _Batch, fn, *args) -> None:
+        """Run a prefill or decode step; if it raises, the rows it touched fail and the engine goes on.
+
+        The running batch's cache may be half-updated after a failure, so every row in it fails with
+        the step (a failed prefill of new rows before the merge fails only those, see ``_prefill_group``)."""
+        try:
+            fn(*args)
+        except Exception as e:
+            log.error(
+                "engine %s: a step failed (%s); failing its %d request(s)",
+                self.name,
+                type(e).__name__,
+                len(batch.rows),
+            )
+            for row in batch.rows:
+                row.error = row.error or "generation failed"
+                self._finish(row, "error")
+            batch.rows, batch.mask, batch.cache, batch.seq, batch.next_ids = [], None, None, None, None
+            batch.adapter = None
 
     def _take_admissible(self, batch: _Batch) -> list[GenRequest]:
         """Pop waiting requests that may join now (called with the lock held)."""
@@ -354,6 +350,19 @@ class Engine:
             self._prefill_group(batch, group, len(reqs))
 
     def _prefill_group(self, batch: _Batch, reqs: list[GenRequest], admitted: int) -> None:
+        try:
+            group = self._prefill(reqs, admitted)
+        except Exception as e:  # before the merge: the running batch is untouched, only these fail
+            log.error("engine %s: prefill failed (%s)", self.name, type(e).__name__)
+            for r in reqs:
+                self._finish(_Row(r, error="generation failed"), "error")
+            return
+        new_rows = group.rows
+        self._merge(batch, group)
+        self._emit_and_retire(batch, group.next_ids, group.logprobs, rows_new=new_rows)
+
+    def _prefill(self, reqs: list[GenRequest], admitted: int) -> _Batch:
+        """Prefill ``reqs`` as a group and pick their first tokens; returns the group, not yet merged."""
         t0 = time.perf_counter()
         width = max(len(r.prompt_ids) for r in reqs)
         ids = torch.full((len(reqs), width), self.pad_id, dtype=torch.long)
@@ -390,9 +399,8 @@ class Engine:
         group = _Batch()
         group.rows, group.mask, group.cache, group.adapter = rows, mask, cache, adapter
         group.seq = None if self.use_cache else ids
-        group.next_ids = nxt
-        self._merge(batch, group)
-        self._emit_and_retire(batch, nxt, lp, rows_new=rows)
+        group.next_ids, group.logprobs = nxt, lp
+        return group
 
     def _merge(self, batch: _Batch, group: _Batch) -> None:
         if not batch.rows:
@@ -423,14 +431,21 @@ class Engine:
         nxt = logits.argmax(-1)
         for i, row in enumerate(rows):
             t = row.req.temperature
-            if t and t > 0:
-                probs = torch.softmax(logits[i] / t, dim=-1)
-                if row.req.top_p < 1.0:
-                    sp, si = probs.sort(descending=True)
-                    keep = sp.cumsum(-1) - sp < row.req.top_p
-                    probs = torch.zeros_like(probs).scatter(0, si[keep], sp[keep])
-                nxt[i] = torch.multinomial(probs, 1, generator=row.generator).squeeze(-1)
+            if t and t > 0 and row.error is None:
+                try:
+                    nxt[i] = self._sample(logits[i], row)
+                except (RuntimeError, ValueError):  # e.g. NaN probabilities: this request fails alone
+                    row.error = "sampling failed"
         return nxt, logp.gather(-1, nxt[:, None]).squeeze(-1)
+
+    @staticmethod
+    def _sample(logits: torch.Tensor, row: _Row) -> torch.Tensor:
+        probs = torch.softmax(logits / row.req.temperature, dim=-1)
+        if row.req.top_p < 1.0:
+            sp, si = probs.sort(descending=True)
+            keep = sp.cumsum(-1) - sp < row.req.top_p
+            probs = torch.zeros_like(probs).scatter(0, si[keep], sp[keep])
+        return torch.multinomial(probs, 1, generator=row.generator).squeeze(-1)
 
     @torch.inference_mode()
     def _step(self, batch: _Batch) -> None:
@@ -485,10 +500,18 @@ class Engine:
         for j, row in enumerate(targets):
             i = offset + j
             tok, tok_lp = ids[j], lps[j]
+            if row.error is not None:
+                finished[i] = "error"
+                continue
             row.out_ids.append(tok)
             row.out_lp.append(tok_lp)
             if row.req.on_token is not None:
-                row.req.on_token(tok, tok_lp)
+                try:
+                    row.req.on_token(tok, tok_lp)
+                except Exception:  # the caller's callback broke: its request ends, the batch goes on
+                    row.error = "token callback failed"
+                    finished[i] = "error"
+                    continue
             if tok in self.stop_ids:
                 finished[i] = "stop"
             elif len(row.out_ids) >= row.req.max_new_tokens:
@@ -545,44 +568,23 @@ class Engine:
             prefill_s=row.prefill_s,
             decode_s=(now - row.first_token_at) if row.first_token_at else 0.0,
             max_batch_seen=row.max_batch_seen,
-            error=self.fatal if reason == "error" else None,
+            error=(row.error or "engine stopped") if reason == "error" else None,
         )
         if req.on_done is not None:
-            req.on_done(res)
+            try:
+                req.on_done(res)
+            except Exception:  # a caller's callback must not take the worker down
+                log.error("engine %s: a request's completion callback failed", self.name)
 
 
-class GenHandle:
-    """An asyncio view of one queued request: iterate ``tokens()``, await ``result()``, ``cancel()``."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self._loop = loop
-        self._queue: asyncio.Queue = asyncio.Queue()
-        self._done: asyncio.Future = loop.create_future()
-        self.request: GenRequest | None = None
-
-    def _on_token(self, tok: int, lp: float) -> None:
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, (tok, lp))
-
-    def _on_done(self, res: GenResult) -> None:
-        def finish() -> None:
-            self._queue.put_nowait(None)
-            if not self._done.done():
-                self._done.set_result(res)
-
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
-            self._loop.call_soon_threadsafe(finish)
-
-    async def tokens(self):
-        """Yield (token id, log-prob) as the worker produces them, until the request ends."""
-        while True:
-            item = await self._queue.get()
-            if item is None:
-                return
-            yield item
-
-    async def result(self) -> GenResult:
-        return await asyncio.shield(self._done)
-
-    def cancel(self) -> None:
-        if self.request is not None:
-            self.request.cancel()
+__all__ = [
+    "MIN_TEMPERATURE",
+    "SEED_MAX",
+    "SEED_MIN",
+    "Engine",
+    "EngineStopped",
+    "GenHandle",
+    "GenRequest",
+    "GenResult",
+    "QueueFull",
+]

@@ -204,8 +204,7 @@ def _base_parent(ref: str) -> str | None:
 
 def build_state(cfg: ServeConfig) -> ServerState:
     """Load the task, guard, prompter, models and log; nothing is started yet."""
-    from distilltune.policy import Guard
-    from distilltune.retrieval import GroundedPrompter, KnowledgeIndex
+    from distilltune.inference import build_path
     from distilltune.task import load_task
 
     api_key = None
@@ -222,15 +221,9 @@ def build_state(cfg: ServeConfig) -> ServerState:
     student, student_ids = load_slot("student", cfg.model, cfg, metrics, cfg.adapters)
     # The fallback answers escalations only; it is not a model id clients may pick.
     fallback = load_slot("fallback", cfg.fallback, cfg, metrics)[0] if cfg.fallback else None
-    guard = Guard.for_task(task, cfg.guard)
-    index = KnowledgeIndex.open(task, cfg.retrieval) if cfg.retrieval.enabled and task.knowledge else None
     # Context yields first when a long conversation would overflow the prompt limit.
-    prompter = GroundedPrompter.from_config(
-        task.system_prompt,
-        student.tokenizer,
-        index,
-        cfg.retrieval,
-        max_prompt_tokens=cfg.limits.max_prompt_tokens,
+    path = build_path(
+        task, student.tokenizer, cfg.retrieval, cfg.guard, cfg.limits.max_prompt_tokens, cfg.cascade
     )
     served_name, *adapter_names = student_ids
     if served_name in adapter_names:
@@ -241,4 +234,4 @@ def build_state(cfg: ServeConfig) -> ServerState:
     models = {served_name: ServedModel(served_name, student, student_ids[served_name], parent_of_primary)}
     for a in adapter_names:
         models[a] = ServedModel(a, student, a, parent_of_primary or served_name)
-    return ServerState(cfg, task, guard, prompter, student, fallback, models, metrics, log, api_key)
+    return ServerState(cfg, task, path.guard, path.prompter, student, fallback, models, metrics, log, api_key)

@@ -5,16 +5,26 @@ Requests are validated here (pydantic) so a malformed request becomes a 400/422 
 exception, never a 5xx (which the client would retry). Unknown request fields are ignored, as
 OpenAI-compatible servers do, so newer clients keep working; fields we cannot honour with a
 non-default value (``n > 1``, tools, logprobs, penalties) are rejected rather than silently dropped.
-Error messages never echo request content (it may hold PII).
+Error messages never echo request content (it may hold PII). Integer fields are strict (``true`` is
+not ``1``). Message text with lone UTF-16 surrogates (``"\ud800"``, valid JSON but not encodable
+text) has them replaced by U+FFFD on arrival, so no later step (tokenizer, guard, log) can fail on it.
 """
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def clean_text(text: str) -> str:
+    """``text`` with lone surrogates replaced by U+FFFD (JSON can carry them; UTF-8 cannot)."""
+    return _SURROGATE.sub("\ufffd", text)
 
 
 class APIError(Exception):
@@ -49,11 +59,21 @@ class TextPart(_Lenient):
     type: Literal["text"]
     text: str
 
+    @field_validator("text")
+    @classmethod
+    def _clean(cls, v: str) -> str:
+        return clean_text(v)
+
 
 class ChatMessage(_Lenient):
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _clean(cls, v):
+        return clean_text(v) if isinstance(v, str) else v
 
     def text(self) -> str:
         if self.content is None:
@@ -70,18 +90,18 @@ class StreamOptions(_Lenient):
 class ChatRequest(_Lenient):
     model: str = Field(min_length=1)
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: StrictInt | None = Field(default=None, ge=1)
+    max_completion_tokens: StrictInt | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    n: int | None = Field(default=None, ge=1)
+    n: StrictInt | None = Field(default=None, ge=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: StrictInt | None = None  # range-checked (400) by the server: it seeds torch
     user: str | None = None
     logprobs: bool | None = None
-    top_logprobs: int | None = None
+    top_logprobs: StrictInt | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     tools: list[Any] | None = None
@@ -93,7 +113,7 @@ class ChatRequest(_Lenient):
     def _stop(cls, v):
         if v is None:
             return v
-        items = [v] if isinstance(v, str) else v
+        items = [clean_text(s) for s in ([v] if isinstance(v, str) else v)]
         if len(items) > 4:
             raise ValueError("at most 4 stop sequences")
         if any(not s for s in items):

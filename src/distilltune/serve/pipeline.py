@@ -1,19 +1,15 @@
-"""One request's path through the server, as a stream of events both response modes consume.
+"""The server's driver over the one request path (``distilltune.inference.RequestPath``).
 
-input guard → retrieval and prompt assembly → student → (cascade) fallback → output guard:
+Guard, retrieval and prompt assembly, prompt tokenization, confidence, cascade decision, output guard
+and route names are ``RequestPath``'s, shared with batch evaluation. What is the server's own: the
+generation backend (each model's continuous-batching ``Engine``), streaming, limits, and turning the
+result into events both response modes consume:
 
-1. every turn of the conversation is redacted by ``guard.check_input`` (the models, the log and the
-   index never see raw PII); the last user turn decides refusal → the policy's refusal message,
-   route ``refused_input`` (the log then keeps only a digest of the text). Client ``system``/``developer`` turns are dropped: the task's system
-   prompt governs (a client must not be able to replace the policy);
-2. ``prompter.messages(conversation)`` — the same function training and evaluation use — puts the
-   system prompt and the numbered retrieved context in front;
-3. the student answers. With a fallback configured, its whole answer is awaited first: the
-   confidence (mean token log-probability, best retrieval score) decides whether it stands (route
-   ``student``) or the fallback answers instead (route ``fallback``); without one, tokens stream
-   as they are decoded;
-4. text is released through ``TextReleaser`` (output guard, stop sequences); a refusal by the
-   output guard is route ``refused_output``.
+- without a fallback the student's tokens stream as they are decoded;
+- with one, the student's whole answer is awaited first, ``RequestPath.judge`` decides whether it
+  stands (route ``student``) or the fallback answers instead (route ``fallback``);
+- text leaves through the path's ``TextReleaser`` (output guard, stop sequences; sentence by
+  sentence when streaming).
 
 The generator yields ``Start`` (route and citations known) before any text, so the HTTP layer can
 still answer 4xx/429 until then and put the route in a header. Everything loggable accumulates in
@@ -23,24 +19,25 @@ the request's ``LogRecord`` — redacted text only.
 from __future__ import annotations
 
 import copy
-import hashlib
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from anyio import to_thread
 
-from distilltune.serve.cascade import decide
-from distilltune.serve.engine import EngineStopped, GenHandle, GenResult, QueueFull
+from distilltune.inference import ROUTE_REFUSED_INPUT, RequestPath, RequestResult, prompt_ids
+from distilltune.serve.engine import (
+    MIN_TEMPERATURE,
+    SEED_MAX,
+    SEED_MIN,
+    EngineStopped,
+    GenHandle,
+    GenResult,
+    QueueFull,
+)
 from distilltune.serve.loading import ModelSlot, ServedModel, ServerState
 from distilltune.serve.openai_types import APIError, ChatRequest, usage_dict
-from distilltune.serve.release import TextReleaser
 from distilltune.serve.requestlog import LogRecord
-
-ROUTE_REFUSED_INPUT = "refused_input"
-ROUTE_STUDENT = "student"
-ROUTE_FALLBACK = "fallback"
-ROUTE_REFUSED_OUTPUT = "refused_output"
 
 
 @dataclass
@@ -61,27 +58,23 @@ class End:
     extra: dict = field(default_factory=dict)
 
 
-def hit_record(hit) -> dict:
-    """The loggable part of a retrieval hit (no chunk text)."""
-    return {
-        "file": getattr(hit, "file", None),
-        "heading": getattr(hit, "heading", None),
-        "chunk_id": getattr(hit, "chunk_id", None),
-        "score": round(float(getattr(hit, "score", 0.0)), 6),
-    }
-
-
-def withheld(text: str) -> str:
-    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-    return f"[withheld: refused by the input guard; {len(text)} chars; sha256 {digest}]"
-
-
 def render_ids(slot: ModelSlot, messages: list[dict]) -> list[int]:
-    """Chat template as text, then one tokenizer call (as training encodes; ~500x faster than tokenizing
-    inside ``apply_chat_template``)."""
-    with slot.tok_lock:
-        text = slot.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return list(slot.tokenizer(text, add_special_tokens=False)["input_ids"])
+    """The prompt ids for ``slot``'s model (the shared tokenization, under the slot's tokenizer lock)."""
+    return prompt_ids(slot.tokenizer, messages, slot.tok_lock)
+
+
+def _record(rec: LogRecord, res: RequestResult, done: bool) -> None:
+    """Copy what a log may keep (redacted, or withheld when refused) into the request's row; the
+    route and the answer only once they are final (an error before then logs route ``error``)."""
+    rec.prompt = res.loggable_conversation()
+    rec.input_action, rec.input_reasons = res.input_action, list(res.input_reasons)
+    rec.citations, rec.retrieval_score = res.citations, res.retrieval_score
+    if not done:
+        return
+    rec.route, rec.answer, rec.finish_reason = res.route, res.text, res.finish_reason
+    rec.confidence, rec.student_answer = res.mean_logprob, res.student_answer
+    rec.output_action, rec.output_reasons = res.output_action, list(res.output_reasons)
+    rec.prompt_tokens, rec.completion_tokens = res.prompt_tokens, res.new_tokens
 
 
 class RequestPipeline:
@@ -89,20 +82,20 @@ class RequestPipeline:
         self.state = state
         # The prompter counts context tokens with the tokenizer; give it a private copy so retrieval
         # never holds the lock the event loop needs for detokenizing.
-        self._prompt_lock = threading.Lock()
         prompter = state.prompter
         if getattr(prompter, "tokenizer", None) is state.student.tokenizer:
             prompter = copy.copy(prompter)
             prompter.tokenizer = copy.deepcopy(state.student.tokenizer)
-        self.prompter = prompter
+        self.path = RequestPath(state.guard, prompter, state.config.cascade, prompt_lock=threading.Lock())
 
     # ---- validation -------------------------------------------------------------------------
     def resolve(self, req: ChatRequest) -> ServedModel:
         served = self.state.models.get(req.model)
         if served is None:
+            # Never echo the field: a client may put anything there (an email, a prompt).
             raise APIError(
                 404,
-                f"model {req.model!r} does not exist; available: {', '.join(self.state.models)}",
+                f"the requested model does not exist; available: {', '.join(self.state.models)}",
                 code="model_not_found",
                 param="model",
             )
@@ -128,38 +121,28 @@ class RequestPipeline:
             raise APIError(400, "the conversation must end with a user message", param="messages")
         if any(m.role == "user" and not m.text().strip() for m in turns):
             raise APIError(400, "user messages must not be empty", param="messages")
-        asked = req.max_completion_tokens or req.max_tokens
-        if asked is not None and asked > lim.max_tokens:
+        for name in ("max_tokens", "max_completion_tokens"):  # both: either one may be the one used
+            asked = getattr(req, name)
+            if asked is not None and asked > lim.max_tokens:
+                raise APIError(400, f"{name} exceeds this server's limit of {lim.max_tokens}", param=name)
+        self._check_sampling(req)
+        return req.max_completion_tokens or req.max_tokens or self.state.config.generation.default_max_tokens
+
+    @staticmethod
+    def _check_sampling(req: ChatRequest) -> None:
+        """Values the schema admits but the sampler cannot use: a 400 now, not a failure in the engine."""
+        if req.seed is not None and not SEED_MIN <= req.seed <= SEED_MAX:
+            raise APIError(400, f"seed must be between {SEED_MIN} and {SEED_MAX}", param="seed")
+        if req.temperature is not None and 0 < req.temperature < MIN_TEMPERATURE:
             raise APIError(
-                400, f"max_tokens {asked} exceeds this server's limit of {lim.max_tokens}", param="max_tokens"
+                400, f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE:g}", param="temperature"
             )
-        return asked or self.state.config.generation.default_max_tokens
 
-    # ---- the pipeline -----------------------------------------------------------------------
-    def _guard_conversation(self, conv: list[dict]):
-        guard = self.state.guard
-        redacted, reasons = [], []
-        last_user = max(i for i, m in enumerate(conv) if m["role"] == "user")
-        last = None
-        for i, m in enumerate(conv):
-            d = guard.check_input(m["content"])
-            redacted.append({"role": m["role"], "content": d.redacted_text})
-            reasons += [r for r in d.reasons if i == last_user or r.startswith("pii:")]
-            if i == last_user:
-                last = d
-        any_pii = any(r.startswith("pii:") for r in reasons)
-        action = last.action if last.action == "refuse" else ("redact" if any_pii else last.action)
-        return redacted, action, list(dict.fromkeys(reasons)), last.risk
-
-    def _prompt(self, conv: list[dict]):
-        with self._prompt_lock:
-            return self.prompter.messages(conv)
-
+    # ---- the generation backend -----------------------------------------------------------------
     def _submit(self, slot: ModelSlot, prompt_ids: list[int], max_tokens: int, **kw) -> GenHandle:
         try:
             return slot.engine.submit(prompt_ids, max_tokens, **kw)
-        except QueueFull as e:
-            self.state.metrics.errors.labels("429").inc()
+        except QueueFull as e:  # counted in distilltune_errors_total when the request is finalized
             raise APIError(
                 429,
                 f"the server is busy ({e.depth} requests waiting); retry after {e.retry_after_s:g} s",
@@ -167,8 +150,10 @@ class RequestPipeline:
                 code="queue_full",
                 headers={"Retry-After": str(max(1, round(e.retry_after_s)))},
             ) from None
-        except EngineStopped as e:
-            raise APIError(503, f"the model is unavailable: {e}", type="server_error") from None
+        except EngineStopped:  # its reason is for the operator's log, not for clients
+            raise APIError(503, "the model is unavailable", type="server_error", code="unavailable") from None
+        except ValueError:  # parameters the engine refuses (checked up front; a last line of defence)
+            raise APIError(400, "invalid generation parameters", code="invalid_request") from None
 
     def _check_length(self, slot: ModelSlot, prompt_ids: list[int], max_tokens: int) -> None:
         lim = self.state.config.limits.max_prompt_tokens
@@ -188,103 +173,94 @@ class RequestPipeline:
                 code="context_length_exceeded",
             )
 
+    async def _prompt(self, slot: ModelSlot, res: RequestResult, max_tokens: int) -> list[int]:
+        ids = await to_thread.run_sync(render_ids, slot, res.messages)
+        self._check_length(slot, ids, max_tokens)
+        return ids
+
     @staticmethod
     def _generation_failed(res: GenResult) -> APIError:
         if res.finish_reason == "cancelled":  # the engine stopped under us: shutting down
             return APIError(503, "the server is shutting down", type="server_error", code="unavailable")
-        return APIError(500, f"generation failed ({res.error or res.finish_reason})", type="server_error")
+        return APIError(500, "generation failed", type="server_error", code="generation_failed")
 
+    def _account(self, slot: ModelSlot, gen: GenResult, rec: LogRecord) -> None:
+        m = self.state.metrics
+        m.queue_wait.labels(slot.role).observe(gen.queue_s)
+        m.tokens.labels(slot.role, "prompt").inc(gen.prompt_tokens)
+        m.tokens.labels(slot.role, "completion").inc(len(gen.token_ids))
+        if rec.queue_ms is None:
+            rec.queue_ms = gen.queue_s * 1000
+
+    async def _student_first(self, res, served, ids, max_tokens, sampling, stop, rec):
+        """With a fallback: await the student's whole answer, then let the path decide who answers.
+
+        Returns (answering slot, its prompt ids, the finished student result or None, a live handle
+        or None)."""
+        st, student = self.state, served.slot
+        handle = self._submit(student, ids, max_tokens, adapter=served.adapter, **sampling)
+        try:
+            gen = await handle.result()
+        finally:
+            handle.cancel()  # a timeout or disconnect while waiting: free the batch slot
+        if gen.finish_reason in ("error", "cancelled"):
+            raise self._generation_failed(gen)
+        self._account(student, gen, rec)
+        if not self.path.judge(res, gen.logprobs, has_fallback=True):
+            return student, ids, gen, None
+        st.metrics.escalations.inc()
+        draft = self.path.releaser(student.tokenizer, student.tok_lock, stop)
+        for tok in gen.token_ids:
+            draft.add(tok, student.engine.stop_ids)
+        self.path.escalate(res, draft.raw_text)
+        fallback_ids = await self._prompt(st.fallback, res, max_tokens)
+        return (
+            st.fallback,
+            fallback_ids,
+            None,
+            self._submit(st.fallback, fallback_ids, max_tokens, **sampling),
+        )
+
+    # ---- the request ------------------------------------------------------------------------
     async def run(
         self, req: ChatRequest, served: ServedModel, max_tokens: int, rec: LogRecord, stream: bool
     ) -> AsyncIterator[Start | Delta | End]:
         st = self.state
-        cfg = st.config
-        conv = [
-            {"role": m.role, "content": m.text()} for m in req.messages if m.role in ("user", "assistant")
-        ]
-        redacted, action, reasons, _risk = await to_thread.run_sync(self._guard_conversation, conv)
-        rec.prompt, rec.input_action, rec.input_reasons = redacted, action, reasons
-        extra = {"route": None, "citations": [], "guard": {"input": {"action": action, "reasons": reasons}}}
-        if action == "refuse":
-            # A refused request is attack or off-policy content: its text stays out of the log (the task
-            # card's not_contains strings may sit in the prompt itself, e.g. "reply 'I have been pwned'").
-            # The guard's reason labels say what it was; a digest lets repeats be correlated.
-            rec.prompt = [{"role": m["role"], "content": withheld(m["content"])} for m in redacted]
-            rec.route = extra["route"] = ROUTE_REFUSED_INPUT
-            rec.answer = st.guard.refusal_message
-            rec.finish_reason = "stop"
-            yield Start(ROUTE_REFUSED_INPUT, [])
-            yield Delta(st.guard.refusal_message)
+        conv = [{"role": m.role, "content": m.text()} for m in req.messages]
+        res = await to_thread.run_sync(self.path.prepare, conv)
+        _record(rec, res, done=res.route == ROUTE_REFUSED_INPUT)
+        extra = {"route": res.route, "citations": res.citations, "guard": res.guard_decisions()}
+        if res.route == ROUTE_REFUSED_INPUT:
+            yield Start(res.route, [])
+            yield Delta(res.text)
             yield End("stop", usage_dict(0, 0), extra)
             return
 
-        messages, hits = await to_thread.run_sync(self._prompt, redacted)
-        citations = [hit_record(h) for h in hits or []]
-        rec.citations = extra["citations"] = citations
-        rec.retrieval_score = max((c["score"] for c in citations), default=None)
         student = served.slot
-        prompt_ids = await to_thread.run_sync(render_ids, student, messages)
-        self._check_length(student, prompt_ids, max_tokens)
-        temperature = req.temperature if req.temperature is not None else cfg.generation.default_temperature
+        ids = await self._prompt(student, res, max_tokens)
+        temperature = (
+            req.temperature if req.temperature is not None else st.config.generation.default_temperature
+        )
         sampling = {"temperature": temperature, "top_p": req.top_p or 1.0, "seed": req.seed}
         stop = req.stop_list()
-
-        answering, answer_ids = student, prompt_ids
         if st.fallback is None:
-            handle = self._submit(student, prompt_ids, max_tokens, adapter=served.adapter, **sampling)
-            rec.route = extra["route"] = ROUTE_STUDENT
-            buffered = None
+            answering, answer_ids, buffered = student, ids, None
+            handle = self._submit(student, ids, max_tokens, adapter=served.adapter, **sampling)
         else:
-            handle = self._submit(student, prompt_ids, max_tokens, adapter=served.adapter, **sampling)
-            try:
-                buffered = await handle.result()
-            finally:
-                handle.cancel()  # a timeout or disconnect while waiting: free the batch slot
-            if buffered.finish_reason in ("error", "cancelled"):
-                raise self._generation_failed(buffered)
-            st.metrics.queue_wait.labels("student").observe(buffered.queue_s)
-            rec.queue_ms = buffered.queue_s * 1000
-            st.metrics.tokens.labels("student", "prompt").inc(buffered.prompt_tokens)
-            st.metrics.tokens.labels("student", "completion").inc(len(buffered.token_ids))
-            rec.confidence = buffered.mean_logprob
-            verdict = decide(
-                buffered.mean_logprob,
-                rec.retrieval_score,
-                cfg.cascade.min_mean_logprob,
-                cfg.cascade.min_retrieval_score,
+            answering, answer_ids, buffered, handle = await self._student_first(
+                res, served, ids, max_tokens, sampling, stop, rec
             )
-            extra["confidence"] = {
-                "mean_logprob": verdict.mean_logprob,
-                "retrieval_score": verdict.retrieval_score,
-                "escalated": verdict.escalate,
-                "reasons": list(verdict.reasons),
-            }
-            if verdict.escalate:
-                st.metrics.escalations.inc()
-                with student.tok_lock:
-                    student_text = student.tokenizer.decode(
-                        [t for t in buffered.token_ids if t not in student.engine.stop_ids],
-                        skip_special_tokens=True,
-                    ).strip()
-                rec.student_answer = st.guard.check_output(student_text).redacted_text
-                answering = st.fallback
-                answer_ids = await to_thread.run_sync(render_ids, answering, messages)
-                self._check_length(answering, answer_ids, max_tokens)
-                handle = self._submit(answering, answer_ids, max_tokens, **sampling)
-                rec.route = extra["route"] = ROUTE_FALLBACK
-                buffered = None
-            else:
-                rec.route = extra["route"] = ROUTE_STUDENT
+            extra["confidence"] = res.cascade.as_dict()
+            rec.confidence, rec.student_answer = res.mean_logprob, res.student_answer
+        rec.route = extra["route"] = res.route
+        yield Start(res.route, res.citations)
 
-        yield Start(rec.route, citations)
-        releaser = TextReleaser(answering.tokenizer, answering.tok_lock, st.guard, stop, incremental=stream)
-        stop_ids = answering.engine.stop_ids
-        finish = None
-        res: GenResult | None = buffered
+        releaser = self.path.releaser(answering.tokenizer, answering.tok_lock, stop, incremental=stream)
+        gen, finish = buffered, None
         try:
             if buffered is not None:
                 for tok in buffered.token_ids:
-                    r = releaser.add(tok, stop_ids)
+                    r = releaser.add(tok, answering.engine.stop_ids)
                     if r.delta:
                         yield Delta(r.delta)
                     if releaser.done:
@@ -292,46 +268,34 @@ class RequestPipeline:
                         break
             else:
                 async for tok, _lp in handle.tokens():
-                    r = releaser.add(tok, stop_ids)
+                    r = releaser.add(tok, answering.engine.stop_ids)
                     if r.delta:
                         yield Delta(r.delta)
                     if releaser.done:
                         finish = r.finish_reason
                         handle.cancel()
                         break
-                res = await handle.result()
-                if res.finish_reason == "error" or (res.finish_reason == "cancelled" and not releaser.done):
-                    raise self._generation_failed(res)
-                st.metrics.queue_wait.labels(answering.role).observe(res.queue_s)
-                st.metrics.tokens.labels(answering.role, "prompt").inc(res.prompt_tokens)
-                st.metrics.tokens.labels(answering.role, "completion").inc(len(res.token_ids))
-                if rec.queue_ms is None:
-                    rec.queue_ms = res.queue_s * 1000
+                gen = await handle.result()
+                if gen.finish_reason == "error" or (gen.finish_reason == "cancelled" and not releaser.done):
+                    raise self._generation_failed(gen)
+                self._account(answering, gen, rec)
                 if answering is student:
-                    rec.confidence = res.mean_logprob
+                    self.path.judge(res, gen.logprobs, has_fallback=False)
             if not releaser.done:
-                r = releaser.finish("length" if res.finish_reason == "length" else "stop")
+                r = releaser.finish("length" if gen.finish_reason == "length" else "stop")
                 if r.delta:
                     yield Delta(r.delta)
                 finish = r.finish_reason
         finally:
-            if buffered is None:
+            if handle is not None:
                 handle.cancel()
-        out = releaser.output_decision
-        rec.output_action = out.action if out is not None else None
-        rec.output_reasons = list(out.reasons) if out is not None else []
-        extra["guard"]["output"] = {"action": rec.output_action, "reasons": rec.output_reasons}
-        if releaser.refused:
-            rec.route = extra["route"] = ROUTE_REFUSED_OUTPUT
-        rec.answer = releaser.sent
-        rec.finish_reason = finish
-        rec.prompt_tokens = len(answer_ids)
-        rec.completion_tokens = len(res.token_ids) if res is not None else 0
-        if res is not None:
-            extra["timing"] = {
-                "queue_ms": round(res.queue_s * 1000, 2),
-                "prefill_ms": round(res.prefill_s * 1000, 2),
-                "decode_ms": round(res.decode_s * 1000, 2),
-                "batch": res.max_batch_seen,  # the largest batch this answer was decoded in
-            }
-        yield End(finish or "stop", usage_dict(rec.prompt_tokens, rec.completion_tokens), extra)
+        self.path.complete(res, releaser, finish or "stop", len(answer_ids), len(gen.token_ids))
+        _record(rec, res, done=True)
+        extra["route"], extra["guard"] = res.route, res.guard_decisions()
+        extra["timing"] = {
+            "queue_ms": round(gen.queue_s * 1000, 2),
+            "prefill_ms": round(gen.prefill_s * 1000, 2),
+            "decode_ms": round(gen.decode_s * 1000, 2),
+            "batch": gen.max_batch_seen,  # the largest batch this answer was decoded in
+        }
+        yield End(res.finish_reason, usage_dict(res.prompt_tokens, res.new_tokens), extra)

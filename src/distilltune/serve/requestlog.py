@@ -14,6 +14,7 @@ written only from ``LogRecord`` fields the pipeline fills with redacted text.
 from __future__ import annotations
 
 import json
+import logging
 import queue
 import sqlite3
 import threading
@@ -22,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 SCHEMA_VERSION = 1
+log = logging.getLogger("distilltune.serve")
 
 COLUMNS: list[tuple[str, str]] = [
     ("id", "TEXT PRIMARY KEY"),
@@ -79,11 +81,19 @@ class LogRecord:
     error: str | None = None
 
     def row(self) -> tuple:
+        """The SQLite row. Text that UTF-8 cannot encode (lone surrogates) is replaced, never raised:
+        one odd request must not cost the log its writer."""
         d = asdict(self)
         for k in ("prompt", "citations", "input_reasons", "output_reasons"):
             d[k] = json.dumps(d[k], ensure_ascii=False)
         d["stream"] = int(d["stream"])
-        return tuple(d[name] for name, _ in COLUMNS)
+        return tuple(_encodable(d[name]) for name, _ in COLUMNS)
+
+
+def _encodable(value):
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode("utf-8")
+    return value
 
 
 def connect(path: str | Path, create: bool = True) -> sqlite3.Connection:
@@ -113,6 +123,12 @@ class RequestLog:
         self._thread = threading.Thread(target=self._run, name="request-log", daemon=True)
         self._thread.start()
         self.written = 0
+        self.dropped = 0  # rows SQLite refused even one by one (counted, never fatal)
+
+    @property
+    def healthy(self) -> bool:
+        """The writer thread runs (``/health`` reports a log that no longer records requests)."""
+        return self._thread.is_alive()
 
     def write(self, rec: LogRecord) -> None:
         self._q.put(rec)
@@ -138,15 +154,33 @@ class RequestLog:
                     batch.append(self._q.get_nowait())
                 recs = [r for r in batch if r is not None]
                 if recs:
-                    con.executemany(sql, [r.row() for r in recs])
-                    con.commit()
-                    self.written += len(recs)
+                    self._insert(con, sql, recs)
                 for _ in batch:
                     self._q.task_done()
                 if any(r is None for r in batch):
                     return
         finally:
             con.close()
+
+    def _insert(self, con: sqlite3.Connection, sql: str, recs: list[LogRecord]) -> None:
+        """Insert a batch; if that fails, row by row, so one bad row loses only itself."""
+        try:
+            con.executemany(sql, [r.row() for r in recs])
+            con.commit()
+            self.written += len(recs)
+            return
+        except Exception as e:
+            con.rollback()
+            log.error("request log: a batch insert failed (%s); retrying row by row", type(e).__name__)
+        for r in recs:
+            try:
+                con.execute(sql, r.row())
+                con.commit()
+                self.written += 1
+            except Exception as e:
+                con.rollback()
+                self.dropped += 1
+                log.error("request log: dropped one row (%s)", type(e).__name__)
 
 
 def _pct(values: list[float], q: float) -> float | None:

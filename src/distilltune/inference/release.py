@@ -9,6 +9,9 @@ sent, the client gets the refusal message; after, the stream ends with ``content
 
 Non-streaming answers run through the same object (``incremental=False``: one guard check at
 ``finish()``); both modes return the same text unless the guard acts in the middle of a stream.
+Batch evaluation feeds its generated ids through it too, so an answer's text is decoded, cut and
+guarded by exactly one piece of code whichever backend generated it. ``guard=None`` releases the
+text unchecked (evaluation without a guard).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ class Released:
 class TextReleaser:
     tokenizer: object
     tok_lock: threading.Lock
-    guard: object  # distilltune.policy.Guard (check_output, refusal_message)
+    guard: object  # distilltune.policy.Guard (check_output, refusal_message), or None
     stop: list[str] = field(default_factory=list)
     incremental: bool = True  # release sentence by sentence (streaming) or only at finish()
     ids: list[int] = field(default_factory=list)
@@ -43,10 +46,14 @@ class TextReleaser:
     output_decision: object = None  # the last GuardDecision
     refused: bool = False
     stopped_by_sequence: bool = False
+    given: str | None = None  # a whole answer handed over as text (``release_text``)
 
     def _text(self) -> str:
-        with self.tok_lock:
-            text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if self.given is not None:
+            text = self.given
+        else:
+            with self.tok_lock:
+                text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
         text = text.lstrip()
         if self.stop:
             cut = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
@@ -54,6 +61,11 @@ class TextReleaser:
                 self.stopped_by_sequence = True
                 text = text[:cut]
         return text
+
+    @property
+    def raw_text(self) -> str:
+        """The model's own text so far (stop sequences applied, before the output guard; never log it)."""
+        return self._text().rstrip()
 
     def add(self, token_id: int, stop_ids: list[int] | tuple[int, ...] = ()) -> Released:
         """Feed one generated token; release any newly completed, guard-checked sentences."""
@@ -79,6 +91,11 @@ class TextReleaser:
             return Released()
         return self._check(text[:cut].rstrip(), final=False)
 
+    def release_text(self, text: str, finish_reason: str = "stop") -> Released:
+        """Release a whole answer a backend returned as text (a remote server): stop sequences, guard."""
+        self.given = text
+        return self.finish(finish_reason)
+
     def finish(self, finish_reason: str) -> Released:
         """The model is done (``stop``/``length``): guard and release the rest."""
         if self.done:
@@ -94,6 +111,9 @@ class TextReleaser:
         return r
 
     def _check(self, text: str, final: bool) -> Released:
+        if self.guard is None:
+            delta, self.sent = text[len(self.sent) :], text
+            return Released(delta)
         d = self.guard.check_output(text) if text or final else None
         if d is None:
             return Released()

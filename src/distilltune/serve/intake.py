@@ -1,0 +1,102 @@
+"""What arrives over HTTP, checked before anything runs: the body (size, time), its JSON, browser safety.
+
+Every failure here is a 4xx in OpenAI's error shape (``APIError``), never a 5xx the client would
+retry, and no message echoes the body: malformed JSON of any nesting depth or number size is a 400,
+a body over the limit a 413, one that does not arrive in time a 408 (a slow client must not hold a
+connection forever), a client gone mid-upload a 499 in the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from fastapi import Request
+from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
+
+from distilltune.serve.openai_types import APIError, ChatRequest, validation_error
+
+
+async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The body, at most ``limit`` bytes, within ``timeout_s`` (a slow client cannot hold a slot)."""
+    too_big = APIError(413, f"request body exceeds {limit} bytes", code="request_too_large")
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise too_big
+        except ValueError:
+            raise APIError(400, "invalid Content-Length header") from None
+    buf = bytearray()
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for part in request.stream():
+                buf += part
+                if len(buf) > limit:
+                    raise too_big
+    except TimeoutError:
+        raise APIError(
+            408, f"the request body did not arrive within {timeout_s:g} s", code="request_timeout"
+        ) from None
+    except ClientDisconnect:
+        raise APIError(499, "the client closed the connection", code="client_closed_request") from None
+    return bytes(buf)
+
+
+def parse_request(body: bytes) -> ChatRequest:
+    """JSON → ``ChatRequest``; anything malformed (any depth, any size of number) is a 4xx."""
+    try:
+        payload = json.loads(body)
+    except RecursionError:
+        raise APIError(400, "request body is nested too deeply", code="invalid_json") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, an integer over Python's digit limit
+        raise APIError(
+            400, f"request body is not valid JSON ({type(e).__name__})", code="invalid_json"
+        ) from None
+    if not isinstance(payload, dict):
+        raise APIError(400, "request body must be a JSON object", code="invalid_json")
+    try:
+        return ChatRequest.model_validate(payload)
+    except ValidationError as e:
+        raise validation_error(e) from None
+    except RecursionError:
+        raise APIError(400, "request body is nested too deeply", code="invalid_json") from None
+
+
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+
+
+def _hostname(host: str) -> str:
+    """The name part of a Host header or an origin's authority ("[::1]:8000" → "::1")."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def check_browser_safety(request: Request, allowed_hosts: set[str]) -> None:
+    """Without an API key, refuse what a web page in the user's browser could send.
+
+    A page can POST to 127.0.0.1 from any origin as a "simple" request (``text/plain`` or a form, no
+    preflight), and DNS rebinding can make a page's own host name resolve to 127.0.0.1. So: the body
+    must be declared ``application/json`` (a cross-origin JSON POST needs a CORS preflight, which this
+    server never grants), the Host must be a name this server answers to, and an ``Origin`` header,
+    which browsers send on cross-origin POSTs, must be this server's own.
+    """
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/json":
+        raise APIError(415, "Content-Type must be application/json", code="unsupported_media_type")
+    host = request.headers.get("host", "")
+    if "*" not in allowed_hosts and _hostname(host) not in allowed_hosts:
+        raise APIError(
+            403,
+            "this Host is not served without an API key (see limits.allowed_hosts)",
+            code="forbidden_host",
+        )
+    origin = request.headers.get("origin")
+    if origin is not None and origin.strip().lower() not in (
+        f"http://{host}".lower(),
+        f"https://{host}".lower(),
+    ):
+        raise APIError(403, "cross-origin requests need an API key", code="cross_origin")
