@@ -16,12 +16,14 @@ leak (refused), and a model refusal in any wording is replaced by the policy's e
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 from pydantic import Field
 
 from distilltune.config import StrictModel
+from distilltune.policy.conversation import turn_spans
 from distilltune.policy.injection import extraction_spans, injection_risk, injection_signals
 from distilltune.policy.leakage import LeakDetector
 from distilltune.policy.pii import PIIRedactor, Span
@@ -80,6 +82,29 @@ class GuardDecision:
         }
 
 
+@dataclass(frozen=True)
+class ConversationDecision:
+    """A whole request's input verdict: every turn redacted, the last user turn's decision.
+
+    ``messages`` are copies of the input turns with ``content`` redacted (roles and other keys kept):
+    the only version a model, a log or a cache may see. ``pii_reasons`` covers every turn.
+    """
+
+    messages: list[dict]
+    decision: GuardDecision
+    pii_reasons: list[str]
+
+    @property
+    def action(self) -> Action:
+        if self.decision.action == "refuse":
+            return "refuse"
+        return "redact" if self.pii_reasons else self.decision.action
+
+    @property
+    def reasons(self) -> list[str]:
+        return _dedupe([*self.decision.reasons, *self.pii_reasons])
+
+
 _GENERIC_REFUSAL = re.compile(
     r"^\W*(?:i'?m\s+sorry|i\s+am\s+sorry|sorry|i\s+apologi[sz]e|unfortunately)?[,.!]?\s*(?:but\s+)?i\s+(?:can'?t|cannot|can\s+not|won'?t|am\s+not\s+able\s+to|'m\s+not\s+able\s+to)"
     r"\s+(?:help|assist)\s+(?:you\s+)?with\s+(?:that|this)",
@@ -104,7 +129,7 @@ class Guard:
         self.policy = policy
         self.config = config or GuardConfig()
         self.system_prompt = system_prompt or ""
-        self.pii = PIIRedactor(policy.pii.redact, [(c.name, c.pattern) for c in policy.pii.custom])
+        self.pii = PIIRedactor(policy.pii.enabled, [(c.name, c.pattern) for c in policy.pii.custom])
         self.topics = RegexTopics(policy.blocked_topics)
         self.leaks = LeakDetector(self.system_prompt, self.config.leak_ngram_words)
         self.semantic: SemanticTopics | None = None
@@ -138,8 +163,32 @@ class Guard:
     def refusal_message(self) -> str:
         return self.policy.refusal_message
 
-    def check_input(self, text: str) -> GuardDecision:
-        pii = self.pii.find(text)
+    def check_conversation(self, messages: Sequence[Mapping]) -> ConversationDecision:
+        """Redact every turn (any role), PII split across turns included; judge the last user turn.
+
+        Prefer this to calling ``check_input`` per turn: only here are a number typed over two
+        messages, or a context word in one message and its number in the next, seen together.
+        """
+        texts = []
+        for i, m in enumerate(messages):
+            content = m.get("content")
+            if not isinstance(content, str):
+                raise ValueError(f"message {i}: content must be a string, got {type(content).__name__}")
+            texts.append(content)
+        users = [i for i, m in enumerate(messages) if m.get("role") == "user"]
+        if not users:
+            raise ValueError("the conversation has no user turn")
+        spans = turn_spans(self.pii, texts)
+        out = [
+            {**m, "content": self.pii.redact(t, s)[0]} for m, t, s in zip(messages, texts, spans, strict=True)
+        ]
+        decision = self.check_input(texts[users[-1]], pii=spans[users[-1]])
+        pii_reasons = _dedupe([f"pii:{s.label}" for turn in spans for s in turn])
+        return ConversationDecision(out, decision, pii_reasons)
+
+    def check_input(self, text: str, pii: list[Span] | None = None) -> GuardDecision:
+        """One text's verdict; ``pii`` (precomputed spans, e.g. by ``check_conversation``) is optional."""
+        pii = self.pii.find(text) if pii is None else pii
         redacted, _ = self.pii.redact(text, pii)
         reasons = _dedupe([f"pii:{s.label}" for s in pii])
         spans: list[Span] = list(pii)
