@@ -213,6 +213,8 @@ class Window:
     seps: tuple[str, ...]  # separators between the window's groups
     sizes: tuple[int, ...]  # digits per group
     plus: bool  # the window starts the run and the run starts with "+"
+    glued: bool  # a letter touches the window's first digit (CC4111..., SSN219-...)
+    first: bool  # the window starts its run (a trunk or international prefix can only be there)
 
 
 def _grade_card(w: Window) -> str | None:
@@ -239,17 +241,17 @@ _DATE_SHAPES = {(4, 2, 2), (2, 2, 4), (1, 2, 4), (2, 1, 4), (1, 1, 4), (4, 1, 2)
 
 def _grade_phone(w: Window) -> str | None:
     d, n = w.digits, len(w.digits)
-    if not 7 <= n <= 15 or any(set(s) - set(" -.()") for s in w.seps):
+    if not 7 <= n <= 15 or w.glued or any(set(s) - set(" -.()") for s in w.seps):
         return None
     if w.sizes in _DATE_SHAPES and not w.plus:
         return None
     if w.plus:
         return STRONG if n >= 8 else WEAK
-    if d.startswith("00") and 10 <= n <= 15:
-        return STRONG
+    if w.first and d.startswith("00") and d[2] != "0" and 11 <= n <= 15 and len(w.seps) >= 2:
+        return STRONG  # 00 international prefix, written in groups: 0044 20 7946 0958
     if (n == 11 and d[0] == "1" and _nanp(d[1:])) or (n == 10 and (_nanp(d) or d[0] in "6789")):
         return STRONG
-    if d[0] == "0" and d[1] != "0" and (n in (10, 11) or (9 <= n <= 12 and w.seps)):
+    if w.first and d[0] == "0" and d[1] != "0" and (n in (10, 11) or (9 <= n <= 12 and w.seps)):
         return STRONG  # national trunk prefix: UK 07911 123456, FR 01 23 45 67 89, DE 030 901820
     if n == 7 and w.sizes == (3, 4) and w.seps == ("-",):
         return STRONG
@@ -257,7 +259,7 @@ def _grade_phone(w: Window) -> str | None:
 
 
 def _grade_bank(w: Window) -> str | None:
-    if not 6 <= len(w.digits) <= 17 or any(set(s) - set(" -") for s in w.seps):
+    if not 6 <= len(w.digits) <= 17 or w.glued or any(set(s) - set(" -") for s in w.seps):
         return None
     return WEAK
 
@@ -283,7 +285,9 @@ def digit_windows(text: str) -> Iterator[tuple[int, int, Window]]:
                     break
                 seps = tuple(text[win[k][1] : win[k + 1][0]] for k in range(len(win) - 1))
                 start = run.start() if i == 0 else win[0][0]
-                yield start, win[-1][1], Window(digits, seps, tuple(b - a for a, b in win), plus and i == 0)
+                glued = start > 0 and text[start - 1].isalpha()
+                sizes = tuple(b - a for a, b in win)
+                yield start, win[-1][1], Window(digits, seps, sizes, plus and i == 0, glued, i == 0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -293,6 +297,10 @@ _BRACKETED = r"(?:\[\s*{w}\s*\]|\(\s*{w}\s*\)|\{{\s*{w}\s*\}}|<\s*{w}\s*>)"
 _AT = rf"(?:\s*{_BRACKETED.format(w='at')}\s*|\s+at\s+|\s*@\s*)"
 _DOT = rf"(?:\s*{_BRACKETED.format(w='dot')}\s*|\s+dot\s+|\.)"
 _LABEL = r"[^\W_](?:[\w+%-]*[^\W_])?"
+_ATEXT = r"[\w!#$%&'*+/=?^`{|}~-]"
+_EMAIL_AT = re.compile(
+    rf"(?<![\w.!#$%&'*+/=?^`{{|}}~-]){_ATEXT}+(?:\.{_ATEXT}+)*\s*@\s*{_LABEL}(?:\.{_LABEL})*\.(?:[^\W\d_]{{2,}}|xn--[\w-]+)(?![\w-])"
+)
 _EMAIL = re.compile(
     rf"(?<![\w.+%-])[\w+%-]+(?:{_DOT}{_LABEL})*{_AT}{_LABEL}(?:{_DOT}{_LABEL})*{_DOT}[^\W\d_]{{2,}}(?![\w-])",
     re.IGNORECASE,
@@ -320,6 +328,8 @@ _PASSPORT = re.compile(
 
 
 def email_candidates(text: str) -> Iterator[Candidate]:
+    for m in _EMAIL_AT.finditer(text):
+        yield Candidate(m.start(), m.end(), "email", True)
     for m in _EMAIL.finditer(text):
         s = m.group(0)
         plain_words = "@" not in s and not re.search(r"[\[({<]\s*(?:at|dot)\s*[\])}>]", s, re.IGNORECASE)
