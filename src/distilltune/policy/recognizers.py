@@ -18,6 +18,7 @@ inside a longer run is still found.
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 import re
 from collections.abc import Callable, Iterator
@@ -190,13 +191,35 @@ CONTEXT: dict[str, re.Pattern] = {
 CONTEXT_BEFORE, CONTEXT_AFTER = 48, 32
 
 
-def has_context(text: str, start: int, end: int, label: str) -> bool:
-    pat = CONTEXT.get(label)
-    if pat is None:
-        return False
-    return bool(
-        pat.search(text, max(0, start - CONTEXT_BEFORE), start) or pat.search(text, end, end + CONTEXT_AFTER)
-    )
+class ContextIndex:
+    """Where each recognizer's context words occur in one text, found once (one pass per label).
+
+    A weak candidate asks whether a context word ends within ``CONTEXT_BEFORE`` characters before
+    it or starts within ``CONTEXT_AFTER`` after it; with the positions sorted that is a bisection,
+    so a text with thousands of digit groups costs one regex pass per label, not one per group.
+    """
+
+    def __init__(self, text: str):
+        self.text = text
+        self._hits: dict[str, tuple[list[int], list[int]]] = {}
+
+    def _positions(self, label: str) -> tuple[list[int], list[int]]:
+        if label not in self._hits:
+            ms = list(CONTEXT[label].finditer(self.text)) if label in CONTEXT else []
+            self._hits[label] = ([m.start() for m in ms], [m.end() for m in ms])
+        return self._hits[label]
+
+    def near(self, label: str, start: int, end: int) -> bool:
+        starts, ends = self._positions(label)
+        if not starts:
+            return False
+        # A word that ends in [start - BEFORE, start] or begins in [end, end + AFTER] (starts and
+        # ends are both increasing: the matches of one pattern do not overlap).
+        i = bisect.bisect_left(ends, start - CONTEXT_BEFORE)
+        if i < len(ends) and ends[i] <= start:
+            return True
+        j = bisect.bisect_left(starts, end)
+        return j < len(starts) and starts[j] <= end + CONTEXT_AFTER
 
 
 # ---------------------------------------------------------------------------------------------
@@ -272,22 +295,37 @@ DIGIT_GRADERS: dict[str, Callable[[Window], str | None]] = {
 }
 
 
+_MIN_DIGITS = 6  # no digit recognizer accepts fewer
+
+
 def digit_windows(text: str) -> Iterator[tuple[int, int, Window]]:
-    """Every group-aligned window of every digit run: ``(view_start, view_end, window)``."""
+    """Every group-aligned window of 6-19 digits of every digit run: ``(view_start, view_end, window)``."""
     for run in _RUN.finditer(text):
         groups = [(m.start(), m.end()) for m in _GROUP.finditer(text, run.start(), run.end())]
+        if sum(b - a for a, b in groups) < _MIN_DIGITS:
+            continue
         plus = run.group(1) is not None
+        digits_of = [text[a:b] for a, b in groups]
+        seps_of = [text[groups[k][1] : groups[k + 1][0]] for k in range(len(groups) - 1)]
         for i in range(len(groups)):
+            n = 0
             for j in range(i, min(len(groups), i + _MAX_WINDOW_GROUPS)):
-                win = groups[i : j + 1]
-                digits = "".join(text[a:b] for a, b in win)
-                if len(digits) > 19:
+                n += len(digits_of[j])
+                if n > 19:
                     break
-                seps = tuple(text[win[k][1] : win[k + 1][0]] for k in range(len(win) - 1))
-                start = run.start() if i == 0 else win[0][0]
+                if n < _MIN_DIGITS:
+                    continue
+                start = run.start() if i == 0 else groups[i][0]
                 glued = start > 0 and text[start - 1].isalpha()
-                sizes = tuple(b - a for a, b in win)
-                yield start, win[-1][1], Window(digits, seps, sizes, plus and i == 0, glued, i == 0)
+                w = Window(
+                    "".join(digits_of[i : j + 1]),
+                    tuple(seps_of[i:j]),
+                    tuple(len(d) for d in digits_of[i : j + 1]),
+                    plus and i == 0,
+                    glued,
+                    i == 0,
+                )
+                yield start, groups[j][1], w
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,13 +334,13 @@ def digit_windows(text: str) -> Iterator[tuple[int, int, Window]]:
 _BRACKETED = r"(?:\[\s*{w}\s*\]|\(\s*{w}\s*\)|\{{\s*{w}\s*\}}|<\s*{w}\s*>)"
 _AT = rf"(?:\s*{_BRACKETED.format(w='at')}\s*|\s+at\s+|\s*@\s*)"
 _DOT = rf"(?:\s*{_BRACKETED.format(w='dot')}\s*|\s+dot\s+|\.)"
-_LABEL = r"[^\W_](?:[\w+%-]*[^\W_])?"
+_LABEL = r"[^\W_](?:[\w+%-]{0,62}[^\W_])?"
 _ATEXT = r"[\w!#$%&'*+/=?^`{|}~-]"
 _EMAIL_AT = re.compile(
-    rf"(?<![\w.!#$%&'*+/=?^`{{|}}~-]){_ATEXT}+(?:\.{_ATEXT}+)*\s*@\s*{_LABEL}(?:\.{_LABEL})*\.(?:[^\W\d_]{{2,}}|xn--[\w-]+)(?![\w-])"
+    rf"(?<![\w.!#$%&'*+/=?^`{{|}}~-]){_ATEXT}{{1,64}}(?:\.{_ATEXT}{{1,64}}){{0,16}}\s*@\s*{_LABEL}(?:\.{_LABEL}){{0,8}}\.(?:[^\W\d_]{{2,}}|xn--[\w-]+)(?![\w-])"
 )
 _EMAIL = re.compile(
-    rf"(?<![\w.+%-])[\w+%-]+(?:{_DOT}{_LABEL})*{_AT}{_LABEL}(?:{_DOT}{_LABEL})*{_DOT}[^\W\d_]{{2,}}(?![\w-])",
+    rf"(?<![\w.+%-])[\w+%-]{{1,64}}(?:{_DOT}{_LABEL}){{0,6}}{_AT}{_LABEL}(?:{_DOT}{_LABEL}){{0,6}}{_DOT}[^\W\d_]{{2,}}(?![\w-])",
     re.IGNORECASE,
 )
 _IBAN = re.compile(
@@ -330,7 +368,10 @@ _PASSPORT = re.compile(
 def email_candidates(text: str) -> Iterator[Candidate]:
     for m in _EMAIL_AT.finditer(text):
         yield Candidate(m.start(), m.end(), "email", True)
-    for m in _EMAIL.finditer(text):
+    pos = 0
+    while (m := _EMAIL.search(text, pos)) is not None:
+        # Overlapping search: "me at a dot aa at b dot com" reads two ways; both are kept and merge.
+        pos = m.start() + 1
         s = m.group(0)
         plain_words = "@" not in s and not re.search(r"[\[({<]\s*(?:at|dot)\s*[\])}>]", s, re.IGNORECASE)
         yield Candidate(m.start(), m.end(), "email", not plain_words)
@@ -408,4 +449,5 @@ def candidates(text: str, names: frozenset[str]) -> list[Candidate]:
                 g = grade(w)
                 if g is not None:
                     out.append(Candidate(start, end, name, g == STRONG))
-    return [c for c in out if c.strong or has_context(text, c.start, c.end, c.label)]
+    ctx = ContextIndex(text)
+    return [c for c in out if c.strong or ctx.near(c.label, c.start, c.end)]
