@@ -27,7 +27,15 @@ from distilltune.policy.conversation import turn_spans
 from distilltune.policy.injection import extraction_spans, injection_risk, injection_signals
 from distilltune.policy.leakage import LeakDetector
 from distilltune.policy.pii import PIIRedactor, Span
-from distilltune.policy.topics import Calibration, Embed, RegexTopics, SemanticTopics, calibrate_threshold
+from distilltune.policy.topics import (
+    Calibration,
+    Embed,
+    NeighbourTopics,
+    RegexTopics,
+    SemanticTopics,
+    calibrate_margin,
+    calibrate_threshold,
+)
 from distilltune.task.schema import PolicySpec
 
 Action = Literal["allow", "redact", "refuse"]
@@ -41,6 +49,11 @@ class GuardConfig(StrictModel):
     )
     semantic_topics: bool = Field(
         default=False, description="also match blocked topics by embedding similarity to their examples"
+    )
+    semantic_mode: Literal["examples", "neighbours"] = Field(
+        default="examples",
+        description="examples: similarity to the topics' examples; neighbours: closer to a blocked "
+        "reference (examples + train refusals) than to any in-scope train question, by a calibrated margin",
     )
     semantic_threshold: float | None = Field(
         default=None,
@@ -132,7 +145,7 @@ class Guard:
         self.pii = PIIRedactor(policy.pii.enabled, [(c.name, c.pattern) for c in policy.pii.custom])
         self.topics = RegexTopics(policy.blocked_topics)
         self.leaks = LeakDetector(self.system_prompt, self.config.leak_ngram_words)
-        self.semantic: SemanticTopics | None = None
+        self.semantic: SemanticTopics | NeighbourTopics | None = None
         self.calibration: Calibration | None = None
         if self.config.semantic_topics and any(t.examples for t in policy.blocked_topics):
             if embed is None:
@@ -152,9 +165,20 @@ class Guard:
         blocked = the topics' examples' siblings, i.e. the user turns of train refusal items.
         """
         guard = cls(task.policy, task.system_prompt, config, embed)
-        if guard.semantic is not None and guard.config.semantic_threshold is None:
-            in_scope = [c.question for c in task.train if not task.is_refusal(c)]
-            blocked = [c.question for c in task.train if task.is_refusal(c)]
+        if guard.semantic is None:
+            return guard
+        in_scope = [c.question for c in task.train if not task.is_refusal(c)]
+        blocked = [c.question for c in task.train if task.is_refusal(c)]
+        threshold = guard.config.semantic_threshold
+        if guard.config.semantic_mode == "neighbours":
+            matcher = NeighbourTopics(task.policy.blocked_topics, guard.semantic.embed, blocked, in_scope)
+            if threshold is None:
+                n_examples = sum(len(t.examples) for t in task.policy.blocked_topics)
+                guard.calibration = calibrate_margin(matcher, n_examples)
+                threshold = guard.calibration.threshold
+            matcher.threshold = threshold
+            guard.semantic = matcher
+        elif threshold is None:
             guard.calibration = calibrate_threshold(guard.semantic, in_scope, blocked)
             guard.semantic.threshold = guard.calibration.threshold
         return guard
