@@ -27,6 +27,7 @@ from distilltune.policy.conversation import turn_spans
 from distilltune.policy.injection import extraction_spans, injection_risk, injection_signals
 from distilltune.policy.leakage import LeakDetector
 from distilltune.policy.pii import PIIRedactor, Span
+from distilltune.policy.readings import readings
 from distilltune.policy.topics import (
     Calibration,
     Embed,
@@ -63,6 +64,11 @@ class GuardConfig(StrictModel):
     )
     embedding_model: str | None = Field(
         default=None, description="sentence-transformers dir for semantic topics (None = bundled MiniLM)"
+    )
+    deobfuscate: bool = Field(
+        default=True,
+        description="also run topic, extraction and injection checks on de-obfuscated readings "
+        "(look-alike letters, leetspeak, spaced-out letters, base64)",
     )
     leak_ngram_words: int = Field(default=6, ge=3, description="shared word run that counts as a leak")
 
@@ -234,19 +240,49 @@ class Guard:
         extraction = extraction_spans(text)
         signals = injection_signals(text)
         spans += extraction + signals
+        refuse, extracted, signals = self._check_readings(text, reasons, refuse, bool(extraction), signals)
         risk = injection_risk(signals)
         reasons += _dedupe([f"injection:{s.label}" for s in signals])
-        if extraction:
+        if extracted:
             risk = round(1 - (1 - risk) * 0.2, 4)
             reasons.append("prompt_extraction")
             refuse = refuse or self.policy.protect_system_prompt
-        if risk >= self.config.injection_refuse_risk and not extraction:
+        if risk >= self.config.injection_refuse_risk and not extracted:
             reasons.append("injection_risk")
             refuse = True
 
         action: Action = "refuse" if refuse else ("redact" if pii else "allow")
         spans.sort(key=lambda s: (s.start, s.end))
         return GuardDecision(action, reasons, spans, redacted, risk)
+
+    def _check_readings(
+        self, text: str, reasons: list[str], refuse: bool, extracted: bool, signals: list[Span]
+    ) -> tuple[bool, bool, list[Span]]:
+        """Run the word-level checks again on de-obfuscated readings (leetspeak, spacing, base64).
+
+        A finding there adds its reason plus ``obfuscated``; its spans are not kept (their offsets
+        belong to the reading, not to the text). Returns the updated refuse/extraction flags and
+        the injection signals, extended by those only a reading showed.
+        """
+        if not self.config.deobfuscate:
+            return refuse, extracted, signals
+        seen = {s.label for s in signals}
+        found = False
+        for reading in readings(text):
+            for name in _dedupe([s.label for s in self.topics.find(reading)]):
+                if f"blocked_topic:{name}" not in reasons:
+                    reasons.append(f"blocked_topic:{name}")
+                    refuse = found = True
+            if not extracted and extraction_spans(reading):
+                extracted = found = True
+            for sig in injection_signals(reading):
+                if sig.label not in seen:
+                    seen.add(sig.label)
+                    signals = [*signals, Span(0, 0, "injection", sig.label)]
+                    found = True
+        if found:
+            reasons.append("obfuscated")
+        return refuse, extracted, signals
 
     def check_output(self, text: str) -> GuardDecision:
         pii = self.pii.find(text)
