@@ -7,7 +7,8 @@ guard's patterns. This script scores the guard's input-side refusals on it as a 
 the cost side on acme's data: in-scope questions refused (must be 0) and PII spans found in acme's
 own user turns (each one a false redaction: the bundled data holds no PII).
 
-Three guards are measured: the task's regexes alone (the default), plus the semantic matcher in
+Four guards are measured: the task's regexes without and with de-obfuscated readings (the
+default guard), and the default plus the semantic matcher in
 its two modes (``examples``: similarity to each topic's examples; ``neighbours``: closer to a
 blocked reference than to any in-scope train question), each calibrated on acme's *train* split
 for zero in-scope false positives there. No model generates anything; the embedding model is the
@@ -89,7 +90,12 @@ def main() -> None:
         "pii_redacted_in_acme_user_turns": {
             split: pii_in_questions(regex, user_turns(task, split)) for split in ("eval", "train")
         },
-        "guards": {"regex": measure(regex, task, cases, bundled)},
+        "guards": {
+            "regex_without_readings": measure(
+                Guard(task.policy, task.system_prompt, GuardConfig(deobfuscate=False)), task, cases, bundled
+            ),
+            "regex": measure(regex, task, cases, bundled),
+        },
     }
     if not args.no_semantic:
         for mode in ("examples", "neighbours"):

@@ -31,12 +31,17 @@ _B64 = re.compile(r"(?<![A-Za-z0-9+/=])[A-Za-z0-9+/]{16,}={0,2}(?![A-Za-z0-9+/=]
 
 
 def _unleet(text: str) -> str:
-    """Leet digits and symbols as letters, only inside tokens that also hold letters (not "2024")."""
+    """Leet digits and symbols as letters, inside word-like tokens only.
+
+    A token is rewritten when it has letters and no more leet characters than letters plus one:
+    ``h4ck``, ``1nt0``, ``m3d1cat10n`` are words; ``2024``, ``E1403`` or ``ACME-123456`` are not.
+    """
 
     def fix(m: re.Match) -> str:
         tok = m.group(0)
-        has_letter = any(c.isalpha() for c in tok)
-        return tok.translate(_LEET) if has_letter and tok != tok.translate(_LEET) else tok
+        letters = sum(c.isalpha() for c in tok)
+        leet = sum(c in "013457@$|" for c in tok)
+        return tok.translate(_LEET) if letters and 0 < leet <= letters + 1 else tok
 
     return _TOKEN.sub(fix, text)
 
