@@ -3,7 +3,7 @@
 ``Guard(task.policy, system_prompt=task.system_prompt).check_input(text)`` → ``GuardDecision``.
 """
 
-from distilltune.policy.guard import Guard, GuardConfig, GuardDecision
+from distilltune.policy.guard import ConversationDecision, Guard, GuardConfig, GuardDecision
 from distilltune.policy.pii import PIIRedactor, Span
 
-__all__ = ["Guard", "GuardConfig", "GuardDecision", "PIIRedactor", "Span"]
+__all__ = ["ConversationDecision", "Guard", "GuardConfig", "GuardDecision", "PIIRedactor", "Span"]

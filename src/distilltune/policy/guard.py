@@ -16,16 +16,27 @@ leak (refused), and a model refusal in any wording is replaced by the policy's e
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 from pydantic import Field
 
 from distilltune.config import StrictModel
+from distilltune.policy.conversation import turn_spans
 from distilltune.policy.injection import extraction_spans, injection_risk, injection_signals
 from distilltune.policy.leakage import LeakDetector
 from distilltune.policy.pii import PIIRedactor, Span
-from distilltune.policy.topics import Calibration, Embed, RegexTopics, SemanticTopics, calibrate_threshold
+from distilltune.policy.readings import readings
+from distilltune.policy.topics import (
+    Calibration,
+    Embed,
+    NeighbourTopics,
+    RegexTopics,
+    SemanticTopics,
+    calibrate_margin,
+    calibrate_threshold,
+)
 from distilltune.task.schema import PolicySpec
 
 Action = Literal["allow", "redact", "refuse"]
@@ -40,6 +51,11 @@ class GuardConfig(StrictModel):
     semantic_topics: bool = Field(
         default=False, description="also match blocked topics by embedding similarity to their examples"
     )
+    semantic_mode: Literal["examples", "neighbours"] = Field(
+        default="examples",
+        description="examples: similarity to the topics' examples; neighbours: closer to a blocked "
+        "reference (examples + train refusals) than to any in-scope train question, by a calibrated margin",
+    )
     semantic_threshold: float | None = Field(
         default=None,
         ge=-1,
@@ -48,6 +64,11 @@ class GuardConfig(StrictModel):
     )
     embedding_model: str | None = Field(
         default=None, description="sentence-transformers dir for semantic topics (None = bundled MiniLM)"
+    )
+    deobfuscate: bool = Field(
+        default=True,
+        description="also run topic, extraction and injection checks on de-obfuscated readings "
+        "(look-alike letters, leetspeak, spaced-out letters, base64)",
     )
     leak_ngram_words: int = Field(default=6, ge=3, description="shared word run that counts as a leak")
 
@@ -80,6 +101,29 @@ class GuardDecision:
         }
 
 
+@dataclass(frozen=True)
+class ConversationDecision:
+    """A whole request's input verdict: every turn redacted, the last user turn's decision.
+
+    ``messages`` are copies of the input turns with ``content`` redacted (roles and other keys kept):
+    the only version a model, a log or a cache may see. ``pii_reasons`` covers every turn.
+    """
+
+    messages: list[dict]
+    decision: GuardDecision
+    pii_reasons: list[str]
+
+    @property
+    def action(self) -> Action:
+        if self.decision.action == "refuse":
+            return "refuse"
+        return "redact" if self.pii_reasons else self.decision.action
+
+    @property
+    def reasons(self) -> list[str]:
+        return _dedupe([*self.decision.reasons, *self.pii_reasons])
+
+
 _GENERIC_REFUSAL = re.compile(
     r"^\W*(?:i'?m\s+sorry|i\s+am\s+sorry|sorry|i\s+apologi[sz]e|unfortunately)?[,.!]?\s*(?:but\s+)?i\s+(?:can'?t|cannot|can\s+not|won'?t|am\s+not\s+able\s+to|'m\s+not\s+able\s+to)"
     r"\s+(?:help|assist)\s+(?:you\s+)?with\s+(?:that|this)",
@@ -104,10 +148,10 @@ class Guard:
         self.policy = policy
         self.config = config or GuardConfig()
         self.system_prompt = system_prompt or ""
-        self.pii = PIIRedactor(policy.pii.redact, [(c.name, c.pattern) for c in policy.pii.custom])
+        self.pii = PIIRedactor(policy.pii.enabled, [(c.name, c.pattern) for c in policy.pii.custom])
         self.topics = RegexTopics(policy.blocked_topics)
         self.leaks = LeakDetector(self.system_prompt, self.config.leak_ngram_words)
-        self.semantic: SemanticTopics | None = None
+        self.semantic: SemanticTopics | NeighbourTopics | None = None
         self.calibration: Calibration | None = None
         if self.config.semantic_topics and any(t.examples for t in policy.blocked_topics):
             if embed is None:
@@ -127,9 +171,20 @@ class Guard:
         blocked = the topics' examples' siblings, i.e. the user turns of train refusal items.
         """
         guard = cls(task.policy, task.system_prompt, config, embed)
-        if guard.semantic is not None and guard.config.semantic_threshold is None:
-            in_scope = [c.question for c in task.train if not task.is_refusal(c)]
-            blocked = [c.question for c in task.train if task.is_refusal(c)]
+        if guard.semantic is None:
+            return guard
+        in_scope = [c.question for c in task.train if not task.is_refusal(c)]
+        blocked = [c.question for c in task.train if task.is_refusal(c)]
+        threshold = guard.config.semantic_threshold
+        if guard.config.semantic_mode == "neighbours":
+            matcher = NeighbourTopics(task.policy.blocked_topics, guard.semantic.embed, blocked, in_scope)
+            if threshold is None:
+                n_examples = sum(len(t.examples) for t in task.policy.blocked_topics)
+                guard.calibration = calibrate_margin(matcher, n_examples)
+                threshold = guard.calibration.threshold
+            matcher.threshold = threshold
+            guard.semantic = matcher
+        elif threshold is None:
             guard.calibration = calibrate_threshold(guard.semantic, in_scope, blocked)
             guard.semantic.threshold = guard.calibration.threshold
         return guard
@@ -138,8 +193,32 @@ class Guard:
     def refusal_message(self) -> str:
         return self.policy.refusal_message
 
-    def check_input(self, text: str) -> GuardDecision:
-        pii = self.pii.find(text)
+    def check_conversation(self, messages: Sequence[Mapping]) -> ConversationDecision:
+        """Redact every turn (any role), PII split across turns included; judge the last user turn.
+
+        Prefer this to calling ``check_input`` per turn: only here are a number typed over two
+        messages, or a context word in one message and its number in the next, seen together.
+        """
+        texts = []
+        for i, m in enumerate(messages):
+            content = m.get("content")
+            if not isinstance(content, str):
+                raise ValueError(f"message {i}: content must be a string, got {type(content).__name__}")
+            texts.append(content)
+        users = [i for i, m in enumerate(messages) if m.get("role") == "user"]
+        if not users:
+            raise ValueError("the conversation has no user turn")
+        spans = turn_spans(self.pii, texts)
+        out = [
+            {**m, "content": self.pii.redact(t, s)[0]} for m, t, s in zip(messages, texts, spans, strict=True)
+        ]
+        decision = self.check_input(texts[users[-1]], pii=spans[users[-1]])
+        pii_reasons = _dedupe([f"pii:{s.label}" for turn in spans for s in turn])
+        return ConversationDecision(out, decision, pii_reasons)
+
+    def check_input(self, text: str, pii: list[Span] | None = None) -> GuardDecision:
+        """One text's verdict; ``pii`` (precomputed spans, e.g. by ``check_conversation``) is optional."""
+        pii = self.pii.find(text) if pii is None else pii
         redacted, _ = self.pii.redact(text, pii)
         reasons = _dedupe([f"pii:{s.label}" for s in pii])
         spans: list[Span] = list(pii)
@@ -161,19 +240,49 @@ class Guard:
         extraction = extraction_spans(text)
         signals = injection_signals(text)
         spans += extraction + signals
+        refuse, extracted, signals = self._check_readings(text, reasons, refuse, bool(extraction), signals)
         risk = injection_risk(signals)
         reasons += _dedupe([f"injection:{s.label}" for s in signals])
-        if extraction:
+        if extracted:
             risk = round(1 - (1 - risk) * 0.2, 4)
             reasons.append("prompt_extraction")
             refuse = refuse or self.policy.protect_system_prompt
-        if risk >= self.config.injection_refuse_risk and not extraction:
+        if risk >= self.config.injection_refuse_risk and not extracted:
             reasons.append("injection_risk")
             refuse = True
 
         action: Action = "refuse" if refuse else ("redact" if pii else "allow")
         spans.sort(key=lambda s: (s.start, s.end))
         return GuardDecision(action, reasons, spans, redacted, risk)
+
+    def _check_readings(
+        self, text: str, reasons: list[str], refuse: bool, extracted: bool, signals: list[Span]
+    ) -> tuple[bool, bool, list[Span]]:
+        """Run the word-level checks again on de-obfuscated readings (leetspeak, spacing, base64).
+
+        A finding there adds its reason plus ``obfuscated``; its spans are not kept (their offsets
+        belong to the reading, not to the text). Returns the updated refuse/extraction flags and
+        the injection signals, extended by those only a reading showed.
+        """
+        if not self.config.deobfuscate:
+            return refuse, extracted, signals
+        seen = {s.label for s in signals}
+        found = False
+        for reading in readings(text):
+            for name in _dedupe([s.label for s in self.topics.find(reading)]):
+                if f"blocked_topic:{name}" not in reasons:
+                    reasons.append(f"blocked_topic:{name}")
+                    refuse = found = True
+            if not extracted and extraction_spans(reading):
+                extracted = found = True
+            for sig in injection_signals(reading):
+                if sig.label not in seen:
+                    seen.add(sig.label)
+                    signals = [*signals, Span(0, 0, "injection", sig.label)]
+                    found = True
+        if found:
+            reasons.append("obfuscated")
+        return refuse, extracted, signals
 
     def check_output(self, text: str) -> GuardDecision:
         pii = self.pii.find(text)

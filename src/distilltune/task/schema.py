@@ -14,7 +14,29 @@ from pydantic import Field, field_validator, model_validator
 
 from distilltune.config import StrictModel
 
-PII_DETECTORS = ("email", "phone", "credit_card", "ssn", "iban", "ip_address")
+# The guard's built-in PII recognizers (distilltune.policy.recognizers; a test keeps the two equal).
+PII_DETECTORS = (
+    "email",
+    "phone",
+    "credit_card",
+    "ssn",
+    "iban",
+    "ip_address",
+    "bank_account",
+    "date_of_birth",
+    "passport",
+)
+PIIDetector = Literal[
+    "email",
+    "phone",
+    "credit_card",
+    "ssn",
+    "iban",
+    "ip_address",
+    "bank_account",
+    "date_of_birth",
+    "passport",
+]
 
 
 class DataPaths(StrictModel):
@@ -156,13 +178,27 @@ class CustomPII(StrictModel):
 
 
 class PIIRules(StrictModel):
-    redact: list[Literal["email", "phone", "credit_card", "ssn", "iban", "ip_address"]] = [
-        "email",
-        "phone",
-        "credit_card",
-        "ssn",
-    ]
+    """Which PII the guard redacts: every built-in detector, minus ``disable``, plus ``custom``.
+
+    On by default because a detector nobody remembered to list is a leak nobody notices.
+    ``redact`` is kept so older cards stay valid; listing a detector there changes nothing.
+    """
+
+    redact: list[PIIDetector] = []
+    disable: list[PIIDetector] = []
     custom: list[CustomPII] = []
+
+    @model_validator(mode="after")
+    def _no_contradiction(self) -> PIIRules:
+        both = sorted(set(self.redact) & set(self.disable))
+        if both:
+            raise ValueError(f"{both} listed in both pii.redact and pii.disable")
+        return self
+
+    @property
+    def enabled(self) -> list[str]:
+        """The built-in detectors that run."""
+        return [d for d in PII_DETECTORS if d not in self.disable]
 
 
 class PolicySpec(StrictModel):
