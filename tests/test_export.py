@@ -97,7 +97,14 @@ def test_gguf_f32_export_reloads_to_the_same_model_and_greedy_tokens(tokenizer_d
     src_dir = build_tiny_llama(tokenizer_dir, tmp_path / "src", initializer_range=0.5)
     out = tmp_path / "gguf"
     report = export_model(
-        ExportConfig(model=str(src_dir), output=str(out), format="gguf", task=str(tiny_task), check=4, max_new_tokens=16)
+        ExportConfig(
+            model=str(src_dir),
+            output=str(out),
+            format="gguf",
+            task=str(tiny_task),
+            check=4,
+            max_new_tokens=16,
+        )
     )
     gg = out / "model-f32.gguf"
     assert report["model_file"] == gg.name and gg.is_file()
@@ -131,7 +138,9 @@ def test_gguf_q8_0_keeps_top1_on_95_percent_of_positions(tiny_model_dir, tiny_ta
     from distilltune.models import load_model
 
     out = tmp_path / "q8"
-    code, stdout, stderr = _main(capsys, "export", str(tiny_model_dir), "--quant", "q8_0", "--output", str(out))
+    code, stdout, stderr = _main(
+        capsys, "export", str(tiny_model_dir), "--quant", "q8_0", "--output", str(out)
+    )
     assert code == 0, stderr
     assert stdout.strip() == str(out / "export.json")
     report = json.loads((out / "export.json").read_text())
@@ -233,7 +242,9 @@ def test_lora_run_is_merged_before_export(tiny_model_dir, tmp_path):
 
     base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
     torch.manual_seed(0)
-    peft = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "k_proj", "v_proj"], init_lora_weights=False))
+    peft = get_peft_model(
+        base, LoraConfig(r=4, target_modules=["q_proj", "k_proj", "v_proj"], init_lora_weights=False)
+    )
     run = tmp_path / "run"
     peft.save_pretrained(run / "adapter")
     cfg = json.loads((run / "adapter" / "adapter_config.json").read_text())
@@ -255,7 +266,9 @@ def test_bad_requests_are_clear_errors_and_write_nothing(tiny_model_dir, tmp_pat
 
     from distilltune.export import ExportConfig, export_model
 
-    code, _, err = _main(capsys, "export", str(tiny_model_dir), "-f", "onnx", "-q", "q8_0", "-o", str(tmp_path / "x"))
+    code, _, err = _main(
+        capsys, "export", str(tiny_model_dir), "-f", "onnx", "-q", "q8_0", "-o", str(tmp_path / "x")
+    )
     assert code == 2 and "does not apply to --format onnx" in err and "Traceback" not in err
     busy = tmp_path / "busy"
     busy.mkdir()
@@ -264,7 +277,9 @@ def test_bad_requests_are_clear_errors_and_write_nothing(tiny_model_dir, tmp_pat
         export_model(ExportConfig(model=str(tiny_model_dir), output=str(busy)))
     qwen = tmp_path / "qwen"
     Qwen2ForCausalLM(
-        Qwen2Config(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4)
+        Qwen2Config(
+            vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4
+        )
     ).save_pretrained(qwen)
     from transformers import AutoTokenizer
 
@@ -273,4 +288,3 @@ def test_bad_requests_are_clear_errors_and_write_nothing(tiny_model_dir, tmp_pat
     with pytest.raises(UserError, match="writes Llama-family models"):
         export_model(ExportConfig(model=str(qwen), output=str(out)))
     assert not out.exists() and not list(tmp_path.glob(".never.*"))
-

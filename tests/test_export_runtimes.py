@@ -1,5 +1,5 @@
 """Exports loaded by the runtimes people deploy with: ONNX Runtime (extra ``onnx``) and llama.cpp
-(``llama-cpp-python``, extra ``gguf``). Each test is skipped with the reason when its runtime is missing.
+(``llama-cpp-python``, built from source). Each test is skipped with the reason when its runtime is missing.
 
 The reference is the source torch model: unquantized exports must give 100 % the same greedy tokens.
 """
@@ -22,8 +22,8 @@ needs_ort = pytest.mark.skipif(
 )
 needs_llama_cpp = pytest.mark.skipif(
     not HAVE_LLAMA_CPP,
-    reason="llama-cpp-python is not installed (no wheel on this index; built from source with cmake: "
-    "pip install 'distilltune[gguf]')",
+    reason="llama-cpp-python is not installed (no wheel on this package index; `pip install llama-cpp-python` "
+    "builds llama.cpp from source with cmake, minutes on 2 cores)",
 )
 
 
@@ -59,7 +59,14 @@ def test_onnx_export_greedy_matches_torch_with_kv_cache(varied_model, tiny_task,
 
     out = tmp_path / "onnx"
     report = export_model(
-        ExportConfig(model=str(varied_model), output=str(out), format="onnx", task=str(tiny_task), check=4, max_new_tokens=16)
+        ExportConfig(
+            model=str(varied_model),
+            output=str(out),
+            format="onnx",
+            task=str(tiny_task),
+            check=4,
+            max_new_tokens=16,
+        )
     )
     rt = report["roundtrip"]
     assert rt["exact_match"] == 1.0 and rt["token_agreement"] == 1.0 and rt["prompt_tokens_identical"] == 1.0
@@ -86,8 +93,15 @@ def test_onnx_int8_is_smaller_and_still_runs(varied_model, tiny_task, tmp_path):
 
     fp32 = export_model(ExportConfig(model=str(varied_model), output=str(tmp_path / "f"), format="onnx"))
     int8 = export_model(
-        ExportConfig(model=str(varied_model), output=str(tmp_path / "i"), format="onnx", quant="int8",
-                     task=str(tiny_task), check=4, max_new_tokens=16)
+        ExportConfig(
+            model=str(varied_model),
+            output=str(tmp_path / "i"),
+            format="onnx",
+            quant="int8",
+            task=str(tiny_task),
+            check=4,
+            max_new_tokens=16,
+        )
     )
     assert int8["size_bytes"] < 0.4 * fp32["size_bytes"]
     rt = int8["roundtrip"]

@@ -40,8 +40,9 @@ def register(app: typer.Typer) -> None:
         ),
         output: Path = typer.Option(..., "--output", "-o", help="Directory to create for the export."),
         task: Path = typer.Option(
-            None, help="Task directory: its system prompt goes into the Ollama Modelfile, its eval prompts "
-            "into the round-trip check."
+            None,
+            help="Task directory: its system prompt goes into the Ollama Modelfile, its eval prompts "
+            "into the round-trip check.",
         ),
         check: int = typer.Option(None, help="Eval prompts for the round-trip check (default 16; 0 skips)."),
         teacher: str = typer.Option(None, help="Teacher for student specs like teacher:n_layers=6."),

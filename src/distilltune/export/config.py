@@ -21,7 +21,9 @@ FORMAT_QUANTS: dict[str, tuple[str, ...]] = {
 
 
 class ExportConfig(StrictModel):
-    model: str  # any model reference load_model accepts: run dir, HF dir, adapter, .gguf, built-in, student spec
+    model: (
+        str  # any model reference load_model accepts: run dir, HF dir, adapter, .gguf, built-in, student spec
+    )
     output: str  # a directory: the model file(s), export.json and (GGUF) an Ollama Modelfile go inside
     format: Format = "gguf"
     quant: Quant = "none"

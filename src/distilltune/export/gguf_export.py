@@ -41,9 +41,9 @@ def llama_hparams(cfg) -> dict:
             f"GGUF export writes Llama-family models; this model is {getattr(cfg, 'model_type', '?')!r} "
             "(export it as --format onnx or --format safetensors instead)"
         )
-    unsupported = [
-        k for k in ("attention_bias", "mlp_bias") if getattr(cfg, k, False)
-    ] + ([f"hidden_act={cfg.hidden_act}"] if getattr(cfg, "hidden_act", "silu") != "silu" else [])
+    unsupported = [k for k in ("attention_bias", "mlp_bias") if getattr(cfg, k, False)] + (
+        [f"hidden_act={cfg.hidden_act}"] if getattr(cfg, "hidden_act", "silu") != "silu" else []
+    )
     rope = dict(getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {})
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type not in ("default", None):

@@ -153,7 +153,7 @@ def modelfile(gguf_name: str, vocab: GGUFVocab, system_prompt: str | None) -> st
     if "<|im_start|>" in template:
         go = (
             "{{ if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}"
-            "{{ range .Messages }}{{ if ne .Role \"system\" }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n"
+            '{{ range .Messages }}{{ if ne .Role "system" }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n'
             "{{ end }}{{ end }}"
             "<|im_start|>assistant\n"
         )

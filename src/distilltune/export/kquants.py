@@ -33,12 +33,8 @@ def plan_q4_k_m(names: list[str], n_layers: int) -> dict:
     plan = {}
     for name in names:
         kind = name.split(".")[-2] if name.startswith("blk.") else name
-        if name == head:
-            plan[name] = T.Q6_K
-        elif kind in ("attn_v", "ffn_down") and _more_bits(int(name.split(".")[1]), n_layers):
-            plan[name] = T.Q6_K
-        else:
-            plan[name] = T.Q4_K
+        sensitive = kind in ("attn_v", "ffn_down") and _more_bits(int(name.split(".")[1]), n_layers)
+        plan[name] = T.Q6_K if name == head or sensitive else T.Q4_K
     return plan
 
 
@@ -69,7 +65,9 @@ def quantize_q4_k(blocks: np.ndarray) -> np.ndarray:
     scales[:, 8:12] = (sc[:, 4:] & 0x0F) | ((mn[:, 4:] & 0x0F) << 4)
     pairs = q.reshape(n, 4, 2, 32)
     qs = (pairs[:, :, 0, :] | (pairs[:, :, 1, :] << 4)).reshape(n, 128)
-    return np.concatenate([d.reshape(n, 1).view(np.uint8), dmin.reshape(n, 1).view(np.uint8), scales, qs], axis=1)
+    return np.concatenate(
+        [d.reshape(n, 1).view(np.uint8), dmin.reshape(n, 1).view(np.uint8), scales, qs], axis=1
+    )
 
 
 def quantize_q6_k(blocks: np.ndarray) -> np.ndarray:

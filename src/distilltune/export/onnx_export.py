@@ -74,7 +74,10 @@ class _CacheAsTensors(nn.Module):
 
 def kv_shape(cfg) -> tuple[int, int]:
     heads = cfg.num_attention_heads
-    return (getattr(cfg, "num_key_value_heads", None) or heads, getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
+    return (
+        getattr(cfg, "num_key_value_heads", None) or heads,
+        getattr(cfg, "head_dim", None) or cfg.hidden_size // heads,
+    )
 
 
 def io_names(n_layers: int) -> tuple[list[str], list[str]]:
@@ -152,8 +155,8 @@ def session(path: Path, threads: int | None = None):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads or int(os.environ.get("DISTILLTUNE_THREADS", "0")) or len(
-        os.sched_getaffinity(0)
+    opts.intra_op_num_threads = (
+        threads or int(os.environ.get("DISTILLTUNE_THREADS", "0")) or len(os.sched_getaffinity(0))
     )
     opts.log_severity_level = 3
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])

@@ -110,7 +110,10 @@ def export_model(cfg: ExportConfig) -> dict:
         require_onnx()
     t0 = time.perf_counter()
     src = load_source(cfg.model, cfg.teacher)
-    _log(f"exporting {cfg.model} as {cfg.format} ({cfg.quant})" + (f", merged a {src.merged} adapter" if src.merged else ""))
+    _log(
+        f"exporting {cfg.model} as {cfg.format} ({cfg.quant})"
+        + (f", merged a {src.merged} adapter" if src.merged else "")
+    )
     with atomic_dir(out) as tmp:
         if cfg.format == "gguf":
             info = _write_gguf(src, cfg, tmp, task.system_prompt if task else None)
@@ -120,7 +123,9 @@ def export_model(cfg: ExportConfig) -> dict:
             info = _write_safetensors(src, tmp)
         export_s = time.perf_counter() - t0
         files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
-        weights = sum(v for k, v in files.items() if k.endswith((".gguf", ".onnx", ".onnx.data", ".safetensors")))
+        weights = sum(
+            v for k, v in files.items() if k.endswith((".gguf", ".onnx", ".onnx.data", ".safetensors"))
+        )
         full = fp32_bytes(src.model)
         report = {
             "format": cfg.format,
