@@ -22,7 +22,7 @@ QK_K = 256
 
 def _more_bits(layer: int, n_layers: int) -> bool:
     eighth = n_layers // 8
-    return layer < eighth or layer >= n_layers - eighth or (layer - eighth) % 3 == 2
+    return layer < eighth or layer >= 7 * n_layers // 8 or (layer - eighth) % 3 == 2
 
 
 def plan_q4_k_m(names: list[str], n_layers: int) -> dict:
