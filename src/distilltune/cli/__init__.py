@@ -14,6 +14,7 @@ from distilltune.cli import (
     compare_cmd,
     distill_cmd,
     evaluate_cmd,
+    export_cmd,
     finetune_cmd,
     generate_cmd,
     guard_cmd,
@@ -44,6 +45,7 @@ index_cmd.register(app)
 guard_cmd.register(app)
 compare_cmd.register(app)
 monitor_cmd.register(app)
+export_cmd.register(app)
 
 
 def _quiet_libraries() -> None:
