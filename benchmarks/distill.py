@@ -304,8 +304,8 @@ def topk_error(student, teacher, cache, examples, batch: int, ks=(8, 16, 32, 64,
     import torch
 
     from distilltune.data.chat import collate
-    from distilltune.distill.forward import answer_states
     from distilltune.distill.losses import kd_loss, topk_kd_loss
+    from distilltune.train.forward import answer_states
 
     ks = [k for k in ks if k <= cache.k]
     losses = ("fkl", "rkl", "jsd")

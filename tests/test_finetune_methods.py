@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from distilltune.models import load_model
-from distilltune.models.generate import generate_chat
-from distilltune.train.bottleneck import (
+from distilltune.models.bottleneck import (
     add_bottleneck_adapters,
     load_bottleneck_adapter,
     save_bottleneck_adapter,
 )
+from distilltune.models.generate import generate_chat
 from distilltune.train.config import FinetuneConfig
 from distilltune.train.finetune import run_finetune
 from distilltune.train.progress import SilentReporter

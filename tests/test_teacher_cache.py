@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from distilltune.data.chat import collate, encode_many, with_system
-from distilltune.distill.forward import answer_states
 from distilltune.distill.teacher_cache import (
     MANIFEST,
     TeacherCache,
@@ -25,6 +24,7 @@ from distilltune.distill.teacher_cache import (
     tokenizer_fingerprint,
 )
 from distilltune.errors import UserError
+from distilltune.train.forward import answer_states
 
 
 @pytest.fixture(scope="module")

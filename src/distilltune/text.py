@@ -49,6 +49,14 @@ def fact_hits(answer: str, facts: list[str]) -> list[bool]:
     return [normalize(f) in a for f in facts]
 
 
+def fact_recall(answer: str, facts: list[str]) -> float | None:
+    """Share of ``facts`` found in ``answer`` (strict match); None when the item has no facts."""
+    if not facts:
+        return None
+    hits = fact_hits(answer, facts)
+    return sum(hits) / len(hits)
+
+
 _UNITS = {
     "$": "usd", "usd": "usd", "dollar": "usd", "dollars": "usd", "€": "eur", "eur": "eur", "euro": "eur",
     "euros": "eur", "£": "gbp", "gbp": "gbp", "pound": "gbp", "pounds": "gbp", "%": "percent",

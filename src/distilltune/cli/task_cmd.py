@@ -52,8 +52,8 @@ def register(app: typer.Typer) -> None:
             overrides,
             print_config,
         )
+        from distilltune.data.summary import task_summary
         from distilltune.models import load_tokenizer
-        from distilltune.task.summary import task_summary
 
         t = load_task(cfg.task)
         tok = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else None

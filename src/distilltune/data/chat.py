@@ -11,6 +11,7 @@ whole whenever it fits on its own. Every truncation is counted and reported.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -58,8 +59,24 @@ def _render_text(tokenizer, messages: list[dict], generation_prompt: bool) -> st
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
 
 
+def stop_token_ids(tokenizer) -> list[int]:
+    """End-of-turn ids: the tokenizer's EOS plus the common chat end tokens it knows (memoized)."""
+    cached = getattr(tokenizer, "_distilltune_stop_ids", None)
+    if cached is not None:
+        return cached
+    ids = {tokenizer.eos_token_id}
+    unk = tokenizer.unk_token_id
+    for t in ("<|im_end|>", "<|eot_id|>", "<|endoftext|>"):
+        tid = tokenizer.convert_tokens_to_ids(t)
+        if isinstance(tid, int) and tid != unk:
+            ids.add(tid)
+    out = sorted(i for i in ids if i is not None)
+    with contextlib.suppress(AttributeError):
+        tokenizer._distilltune_stop_ids = out
+    return out
+
+
 def _end_ids(tokenizer) -> set[int]:
-    from distilltune.models.generate import stop_token_ids
 
     return set(stop_token_ids(tokenizer))
 

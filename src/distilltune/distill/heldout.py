@@ -24,8 +24,8 @@ def heldout_ce(
     prompter=None,
 ) -> dict:
     """{"ce": mean nats per answer token, "tokens": count, "items": n} over ``conversations``."""
-    from distilltune.distill.forward import answer_states
     from distilltune.train.data import build_examples
+    from distilltune.train.forward import answer_states
 
     examples, _ = build_examples(conversations, tokenizer, system_prompt, max_length, prompter)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

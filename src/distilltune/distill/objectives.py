@@ -27,7 +27,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from distilltune.data.chat import IGNORE_INDEX
-from distilltune.distill.forward import AnswerStates, answer_states, kd_mask, unwrap
 from distilltune.distill.losses import (
     chunked_head_loss,
     chunked_logits_loss,
@@ -37,6 +36,7 @@ from distilltune.distill.losses import (
     topk_kd_ce_with_grad,
 )
 from distilltune.errors import UserError
+from distilltune.train.forward import AnswerStates, answer_states, kd_mask, unwrap
 
 TeacherTerm = Callable[[torch.Tensor, int, int], torch.Tensor]  # (student logits chunk, start, end) → KD sum
 

@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from distilltune.data.chat import IGNORE_INDEX, Example, collate
-from distilltune.distill.forward import unwrap
 from distilltune.distill.objectives import OnlineKD
 from distilltune.models.generate import generate_ids
+from distilltune.train.forward import unwrap
 
 
 def _seed(seed: int, step: int, index: torch.Tensor) -> int:

@@ -346,8 +346,8 @@ def teacher_topk(
     """Top-k log-probs [N, k], ids [N, k], log tail mass [N] at the ``positions`` of ``batch``
     (row-major), and the log-prob of each label there (the labelled positions only), projecting
     ``chunk_size`` positions at a time."""
-    from distilltune.distill.forward import answer_states
     from distilltune.distill.losses import LOG_FLOOR
+    from distilltune.train.forward import answer_states
 
     dev = next(model.parameters()).device  # batches are collated on the CPU; the teacher may be on a GPU
     batch = {k_: batch[k_].to(dev) for k_ in ("input_ids", "attention_mask", "labels")}
@@ -508,7 +508,7 @@ def build_teacher_cache(
 
 
 def _vocab_size(model: torch.nn.Module) -> int:
-    from distilltune.distill.forward import body_and_head
+    from distilltune.train.forward import body_and_head
 
     parts = body_and_head(model)
     if parts is not None:

@@ -35,7 +35,7 @@ def reference_nll(
 
     ``conversations[i]`` is the redacted request (no system turn) or None to skip item i.
     """
-    from distilltune.distill.forward import answer_states, loss_mask
+    from distilltune.train.forward import answer_states, loss_mask
 
     todo = [i for i, c in enumerate(conversations) if c is not None]
     examples = []

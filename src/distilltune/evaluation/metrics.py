@@ -20,19 +20,12 @@ from collections import Counter
 from distilltune.text import (  # noqa: F401
     fact_hits,
     fact_match_graded,
+    fact_recall,
     graded_fact_recall,
     is_refusal,
     normalize,
     tokens,
 )
-
-
-def fact_recall(answer: str, facts: list[str]) -> float | None:
-    """Share of ``facts`` found in ``answer``; None when the item has no facts (e.g. refusals)."""
-    if not facts:
-        return None
-    hits = fact_hits(answer, facts)
-    return sum(hits) / len(hits)
 
 
 def token_f1(answer: str, reference: str) -> float:

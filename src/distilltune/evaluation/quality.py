@@ -35,11 +35,9 @@ from distilltune.evaluation.metrics import (
     teacher_agreement,
     token_f1,
 )
+from distilltune.inference.request import ROUTE_REFUSED_INPUT, ROUTE_REFUSED_OUTPUT
 
 PASS_THRESHOLD = 0.5
-# the request path's route names (evaluation.answer) for the guard's two kinds of answer
-ROUTE_REFUSED_INPUT = "refused_input"
-ROUTE_REFUSED_OUTPUT = "refused_output"
 
 
 def primary_score(fact_recall: float | None, refused: bool, expected_refusal: bool) -> float:

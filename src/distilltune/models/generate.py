@@ -10,11 +10,13 @@ student may never emit it.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass
 
 import torch
+
+# The chat format owns its end tokens (data.chat); re-exported for generation's callers.
+from distilltune.data.chat import stop_token_ids
 
 
 @dataclass
@@ -26,23 +28,6 @@ class Generation:
     decode_s: float
     mean_logprob: float
     finished: bool  # stopped on an end token (not on the length cap)
-
-
-def stop_token_ids(tokenizer) -> list[int]:
-    """End-of-turn ids: the tokenizer's EOS plus the common chat end tokens it knows (memoized)."""
-    cached = getattr(tokenizer, "_distilltune_stop_ids", None)
-    if cached is not None:
-        return cached
-    ids = {tokenizer.eos_token_id}
-    unk = tokenizer.unk_token_id
-    for t in ("<|im_end|>", "<|eot_id|>", "<|endoftext|>"):
-        tid = tokenizer.convert_tokens_to_ids(t)
-        if isinstance(tid, int) and tid != unk:
-            ids.add(tid)
-    out = sorted(i for i in ids if i is not None)
-    with contextlib.suppress(AttributeError):
-        tokenizer._distilltune_stop_ids = out
-    return out
 
 
 def uses_prefix_tuning(model) -> bool:

@@ -151,7 +151,7 @@ def _load_adapter(path: Path, torch_dtype: torch.dtype):
     )
     tok = _load_tokenizer(path) if (path / "tokenizer_config.json").exists() else base.tokenizer
     if cfg.get("peft_type") == "DISTILLTUNE_BOTTLENECK":
-        from distilltune.train.bottleneck import load_bottleneck_adapter
+        from distilltune.models.bottleneck import load_bottleneck_adapter
 
         return load_bottleneck_adapter(base.model, path), tok
     from peft import PeftModel

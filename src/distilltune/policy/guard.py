@@ -308,6 +308,6 @@ class Guard:
         )
 
     def _is_refusal(self, text: str) -> bool:
-        from distilltune.evaluation.metrics import is_refusal
+        from distilltune.text import is_refusal
 
         return is_refusal(text, self.refusal_message) or bool(_GENERIC_REFUSAL.search(text.strip()))

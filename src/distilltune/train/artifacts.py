@@ -17,7 +17,7 @@ from torch import nn
 
 from distilltune.config import to_yaml
 from distilltune.io import atomic_dir, atomic_write_json, atomic_write_text
-from distilltune.train.bottleneck import save_bottleneck_adapter
+from distilltune.models.bottleneck import save_bottleneck_adapter
 
 COMPLETE = ".complete"
 SUMMARY = "train_summary.json"

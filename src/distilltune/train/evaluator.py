@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from distilltune.data.chat import collate
-from distilltune.evaluation.metrics import fact_recall
+from distilltune.text import fact_recall
 from distilltune.train.config import TrainSettings
 from distilltune.train.data import build_examples, prompt_messages
 from distilltune.train.objectives import answer_logits

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from distilltune.errors import Problem, UserError
-from distilltune.train.bottleneck import DEFAULT_TARGETS, add_bottleneck_adapters, matching_modules
+from distilltune.models.bottleneck import DEFAULT_TARGETS, add_bottleneck_adapters, matching_modules
 from distilltune.train.config import FinetuneConfig
 
 PEFT_METHODS = ("lora", "prefix", "ia3")

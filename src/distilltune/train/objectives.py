@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distilltune.distill.forward import answer_states, loss_mask  # one forward for both objectives
+from distilltune.train.forward import answer_states, loss_mask  # one forward for both objectives
 
 Objective = Callable[[nn.Module, dict[str, torch.Tensor], int], tuple[torch.Tensor, dict[str, float]]]
 
