@@ -8,13 +8,13 @@ for the tokenizer keys, transformers' GGUF loader for tensor layout, gguf's deco
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from cli_run import run_cli
 from distilltune.errors import UserError
 from tiny_models import build_tiny_llama
 
@@ -28,19 +28,7 @@ def _bundled_reader():
 
 
 def _main(capsys, *args: str) -> tuple[int, str, str]:
-    from distilltune.cli import main
-
-    capsys.readouterr()
-    old, sys.argv = sys.argv, ["distilltune", *args]
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    finally:
-        sys.argv = old
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
+    return run_cli(capsys, *args)
 
 
 def _eval_sequences(task_dir: Path, tokenizer) -> list[list[int]]:

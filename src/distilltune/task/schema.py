@@ -26,17 +26,7 @@ PII_DETECTORS = (
     "date_of_birth",
     "passport",
 )
-PIIDetector = Literal[
-    "email",
-    "phone",
-    "credit_card",
-    "ssn",
-    "iban",
-    "ip_address",
-    "bank_account",
-    "date_of_birth",
-    "passport",
-]
+PIIDetector = Literal[PII_DETECTORS]  # the same names, as a type pydantic validates against
 
 
 class DataPaths(StrictModel):
