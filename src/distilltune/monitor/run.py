@@ -211,7 +211,7 @@ def _clusters(pool: tuple[list, list], spec, policy) -> list[dict]:
     vecs, texts = pool
     if not texts:
         return []
-    pii = PIIRedactor(policy.pii.redact, [(c.name, c.pattern) for c in policy.pii.custom])
+    pii = PIIRedactor(policy.pii.enabled, [(c.name, c.pattern) for c in policy.pii.custom])
     return drift.clusters(np.asarray(vecs), [pii.redact(t)[0] for t in texts], seed=spec.seed)
 
 
