@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 from common import REPO, write_result
+from distilltune.compare.config import ALL_LINEAR
 
-ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 VARIANTS: dict[str, dict] = {
     # the first wave's quick preset: 12 updates, q/v, rank 8, lr 2e-4
     "lora-qv-r8-12": {"method": "lora", "steps": 12, "lr": 2e-4, "lora": {"r": 8, "alpha": 16}},

@@ -23,7 +23,8 @@ def test_reference_nll_matches_transformers_loss(tiny_teacher_dir):
         ],
     ]
     refs = ["A domestic wire costs $25.", "unused", "Refunds are accepted within 21 days."]
-    got = reference_nll(model, tok, prompter, convs, refs, batch_size=2)
+    prompts = [None if c is None else prompter.messages(c)[0] for c in convs]
+    got = reference_nll(model, tok, prompts, refs, batch_size=2)
     assert got[1] is None
     for i in (0, 2):
         messages, _ = prompter.messages(convs[i])

@@ -41,20 +41,44 @@ def comparison_entry(a: str, b: str, c: stats.Comparison, score: str = "primary"
 NLL_MARGIN = 0.05
 
 
-def secondary_comparer(items: dict, resamples: int, settings: dict, seed: int):
+class Comparer:
+    """Paired comparisons of strategies' per-item ``key`` scores, each ordered pair computed once.
+
+    The report, the decision-stability draws and the secondary signal all compare this way; ``cache``
+    holds every comparison made, which the report lists.
+    """
+
+    def __init__(self, items: dict, resamples: int = stats.RESAMPLES, confidence: float = stats.CONFIDENCE,
+                 alpha: float = stats.ALPHA, seed: int = stats.SEED, key: str = "primary",
+                 pass_key: str | None = "pass"):  # fmt: skip
+        self.items, self.key, self.pass_key = items, key, pass_key
+        self.resamples, self.confidence, self.alpha, self.seed = resamples, confidence, alpha, seed
+        self.cache: dict[tuple[str, str], stats.Comparison] = {}
+
+    def __call__(self, a: str, b: str) -> stats.Comparison:
+        if (a, b) not in self.cache:
+            self.cache[(a, b)] = stats.compare_items(
+                self.items.get(a, []), self.items.get(b, []), self.resamples, self.confidence, self.alpha,
+                self.seed, key=self.key, pass_key=self.pass_key,
+            )  # fmt: skip
+        return self.cache[(a, b)]
+
+
+def nll_better(compare: Comparer):
     """a is better than b on answer NLL: the paired interval of nll_a − nll_b lies below −NLL_MARGIN."""
-    cache: dict[tuple[str, str], bool] = {}
 
     def better(a: str, b: str) -> bool:
-        if (a, b) not in cache:
-            c = stats.compare_items(
-                items[a], items[b], resamples, settings["confidence"], settings["alpha"], seed,
-                key="answer_nll", pass_key=None,
-            )  # fmt: skip
-            cache[(a, b)] = c.diff is not None and c.diff.high < -NLL_MARGIN
-        return cache[(a, b)]
+        c = compare(a, b)
+        return c.diff is not None and c.diff.high < -NLL_MARGIN
 
     return better
+
+
+def secondary_comparer(items: dict, resamples: int, settings: dict, seed: int):
+    """The report's secondary signal: ``nll_better`` at the report's statistics settings."""
+    return nll_better(
+        Comparer(items, resamples, settings["confidence"], settings["alpha"], seed, "answer_nll", None)
+    )
 
 
 def fine_tunes(results: list, compare, items: dict, resamples: int, settings: dict, seed: int) -> list[dict]:

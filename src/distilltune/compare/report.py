@@ -26,6 +26,7 @@ from distilltune.compare import stats
 from distilltune.compare.decide import Candidate, best_quality, check_budgets, frontier_flags, recommend
 from distilltune.compare.pairs import (
     SECONDARY_SCORES,
+    Comparer,
     comparison_entry,
     evidence,
     fine_tunes,
@@ -250,14 +251,7 @@ def analyse(
     entries = [_strategy_entry(r, settings) for r in results]
     items = {r.name: [i for i in r.eval.get("per_item", []) or [] if isinstance(i, dict)] for r in results}
     cands = [_candidate(s) for s in entries]
-    cache: dict[tuple[str, str], stats.Comparison] = {}
-
-    def compare(a: str, b: str) -> stats.Comparison:
-        if (a, b) not in cache:
-            cache[(a, b)] = stats.compare_items(
-                items[a], items[b], resamples, settings["confidence"], settings["alpha"], seed
-            )
-        return cache[(a, b)]
+    compare = Comparer(items, resamples, settings["confidence"], settings["alpha"], seed)
 
     best = best_quality(cands)
     flags = frontier_flags(cands)
@@ -299,7 +293,7 @@ def analyse(
             "serve_command": winner.serve_command if winner else None,
             **evidence_,
         },
-        "comparisons": [comparison_entry(a, b, c) for (a, b), c in cache.items()],
+        "comparisons": [comparison_entry(a, b, c) for (a, b), c in compare.cache.items()],
         "fine_tunes": fine_tunes(results, compare, items, resamples, settings, seed),
         "pairwise": pairwise(
             items, [c.name for c in cands if c.quality is not None], resamples, settings, seed

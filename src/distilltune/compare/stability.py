@@ -15,13 +15,14 @@ observed difference is real (``stats.detectable_difference``).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
 
 from distilltune.compare import stats
 from distilltune.compare.decide import Candidate, recommend
+from distilltune.compare.pairs import Comparer, nll_better
 from distilltune.task import Budgets
 
 STABILITY_RESAMPLES = 200
@@ -66,38 +67,16 @@ def decision_stability(
             round_cands.append(
                 replace(c, quality=_mean(drawn.get(c.name, []), "primary"), latency_p95_ms=p95)
             )
-        compare = _comparer(drawn, "primary", "pass", seed + r)
-        secondary = _secondary(drawn, secondary_key, seed + r) if secondary_key else None
+        compare = Comparer(drawn, INNER_RESAMPLES, seed=seed + r)
+        secondary = (
+            nll_better(Comparer(drawn, INNER_RESAMPLES, seed=seed + r, key=secondary_key, pass_key=None))
+            if secondary_key
+            else None
+        )
         rec = recommend(round_cands, budgets, compare, secondary)
         if rec.strategy is not None:
             counts[rec.strategy] += 1
     return {n: c / resamples for n, c in counts.most_common()}
-
-
-def _comparer(items: dict[str, list[dict]], key: str, pass_key: str | None, seed: int) -> Callable:
-    cache: dict[tuple[str, str], stats.Comparison] = {}
-
-    def compare(a: str, b: str) -> stats.Comparison:
-        if (a, b) not in cache:
-            cache[(a, b)] = stats.compare_items(
-                items.get(a, []), items.get(b, []), INNER_RESAMPLES, seed=seed, key=key, pass_key=pass_key
-            )
-        return cache[(a, b)]
-
-    return compare
-
-
-def _secondary(items: dict[str, list[dict]], key: str, seed: int) -> Callable[[str, str], bool]:
-    """a is better than b on a lower-is-better per-item score (NLL), beyond ``pairs.NLL_MARGIN``."""
-    from distilltune.compare.pairs import NLL_MARGIN
-
-    compare = _comparer(items, key, None, seed)
-
-    def better(a: str, b: str) -> bool:
-        cmp = compare(a, b)
-        return cmp.diff is not None and cmp.diff.high < -NLL_MARGIN
-
-    return better
 
 
 def separation(pick: str, rival: str, items: dict[str, list[dict]], key: str = "primary") -> dict:

@@ -167,11 +167,11 @@ def evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = _stderr) -> dict:
         for name, cases in suites.items()
     }
     t0 = time.perf_counter()
-    nll_convs = [
-        a.redacted_conversation if a.route != ROUTE_REFUSED_INPUT and not task.is_refusal(c) else None
+    nll_prompts = [
+        a.messages if a.route != ROUTE_REFUSED_INPUT and not task.is_refusal(c) else None
         for c, a in zip(items, answers, strict=True)
     ]
-    nll = reference_nll(loaded.model, loaded.tokenizer, pipe.prompter, nll_convs, [c.answer for c in items])
+    nll = reference_nll(loaded.model, loaded.tokenizer, nll_prompts, [c.answer for c in items])
     log(
         f"reference-answer NLL of {sum(x is not None for x in nll)} items in {time.perf_counter() - t0:.1f} s"
     )

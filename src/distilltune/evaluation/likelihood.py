@@ -6,10 +6,10 @@ negative log-likelihood of the *reference* answer, per answer token, under each 
 difference: it is measured on the same items for every strategy (so it pairs), and it needs no
 generation.
 
-The prompt is assembled exactly as the model was asked at evaluation time: the request's redacted
-turns (what the input guard let the model see) through the same ``GroundedPrompter`` (system prompt,
-numbered retrieved context), then the reference answer as the assistant turn; only the answer tokens
-are scored. Items the input guard answered are skipped (no model saw them), as are refusal items (the
+The prompt is exactly the one the model was asked at evaluation time: the chat the request path
+assembled (redacted turns, system prompt, numbered retrieved context; ``RequestResult.messages``, so
+retrieval is not run a second time), then the reference answer as the assistant turn; only the answer
+tokens are scored. Items the input guard answered are skipped (no model saw them), as are refusal items (the
 guard, not the model, is what answers them in serving).
 """
 
@@ -25,30 +25,28 @@ from distilltune.data.chat import collate, encode_chat
 def reference_nll(
     model,
     tokenizer,
-    prompter,
-    conversations: list[list[dict] | None],
+    prompts: list[list[dict] | None],
     references: list[str],
     max_length: int = 2048,
     batch_size: int = 4,
 ) -> list[float | None]:
-    """Mean NLL (nats per answer token) of each reference answer; None where the conversation is None.
+    """Mean NLL (nats per answer token) of each reference answer; None where the prompt is None.
 
-    ``conversations[i]`` is the redacted request (no system turn) or None to skip item i.
+    ``prompts[i]`` is the assembled chat the model read for item i (ending with the user turn), or None
+    to skip the item.
     """
     from distilltune.train.forward import answer_states, loss_mask
 
-    todo = [i for i, c in enumerate(conversations) if c is not None]
-    examples = []
-    for i in todo:
-        messages, _ = prompter.messages(conversations[i])
-        examples.append(
-            encode_chat(tokenizer, [*messages, {"role": "assistant", "content": references[i]}], max_length)
-        )
+    todo = [i for i, m in enumerate(prompts) if m is not None]
+    examples = [
+        encode_chat(tokenizer, [*prompts[i], {"role": "assistant", "content": references[i]}], max_length)
+        for i in todo
+    ]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    out: list[float | None] = [None] * len(conversations)
+    out: list[float | None] = [None] * len(prompts)
     try:
         for s in range(0, len(examples), batch_size):
             b = {k: v.to(device) for k, v in collate(examples[s : s + batch_size], pad).items()}
