@@ -36,13 +36,17 @@ def evidence_view(report: dict) -> dict:
         if won is None:
             ties[score] += 1
             continue
+        # entries hold strategy − reference; the table reads winner − loser (negative for a lower NLL)
+        sign = 1 if won[0] == e["strategy"] else -1
+        lo, hi = e["diff_ci95"] or (None, None)
+        ci = (None, None) if lo is None else sorted((sign * lo, sign * hi))
         real.append(
             {
                 "score": score,
                 "winner": won[0],
                 "loser": won[1],
-                "diff": fmt.signed(e["diff"]) if e["diff"] is not None else "—",
-                "ci": fmt.interval(*(e["diff_ci95"] or (None, None))),
+                "diff": fmt.signed(sign * e["diff"]) if e["diff"] is not None else "—",
+                "ci": fmt.interval(*ci),
                 "p": fmt.pvalue(e["mcnemar"]["p_value"]) if e.get("mcnemar") else "—",
             }
         )
@@ -97,7 +101,7 @@ def evidence_markdown(ev: dict, table) -> list[str]:
     ]
     if ev["real"]:
         lines += table(
-            ["score", "better", "than", "Δ", "95% CI of Δ", "McNemar p"],
+            ["score", "better", "than", "Δ (better − than)", "95% CI of Δ", "McNemar p"],
             [[r["score"], r["winner"], r["loser"], r["diff"], r["ci"], r["p"]] for r in ev["real"]],
         )
     else:
