@@ -27,7 +27,7 @@ def load_source(ref: str, teacher: str | None = None) -> Source:
     from distilltune.models import load_model
     from distilltune.train.merge import MERGEABLE
 
-    loaded = load_model(ref, teacher=teacher, dtype="float32")
+    loaded = load_model(ref, teacher=teacher, dtype="float32", merge=False)  # merged below, by type
     model, merged = loaded.model, None
     peft_cfg = getattr(model, "peft_config", None)
     if peft_cfg:

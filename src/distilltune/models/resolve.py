@@ -93,9 +93,21 @@ def resolve_path(ref: str) -> tuple[str, Path | None]:
 
 
 def load_model(
-    ref: str, *, teacher: str | None = None, dtype: str = "float32", trainable: bool = False
+    ref: str,
+    *,
+    teacher: str | None = None,
+    dtype: str = "float32",
+    trainable: bool = False,
+    merge: bool | None = None,
 ) -> Loaded:
-    """Load ``ref`` (see module docstring) in eval mode, or train mode when ``trainable``."""
+    """Load ``ref`` (see module docstring) in eval mode, or train mode when ``trainable``.
+
+    A LoRA or IA3 adapter loaded for inference (``trainable`` false) is merged into its base unless
+    ``merge=False``: that is how it is deployed, and unmerged it decodes a third slower (the full
+    reference run measured teacher-lora at 11.2 tok/s against the base teacher's 17.4, and the
+    LoRA-blended student at 34.8 against 44.9 for the student it adapts), which charged LoRA
+    strategies a latency they would not have in production.
+    """
     from transformers import AutoModelForCausalLM
 
     m = STUDENT_RE.match(ref)
@@ -131,6 +143,8 @@ def load_model(
         tok.pad_token = tok.pad_token or tok.eos_token
     elif kind == "adapter":
         model, tok = _load_adapter(path, torch_dtype)
+        if (not trainable if merge is None else merge) and _mergeable(model):
+            model = model.merge_and_unload()
     else:
         src = str(path) if path is not None else ref
         model = AutoModelForCausalLM.from_pretrained(src, dtype=torch_dtype)
@@ -138,6 +152,17 @@ def load_model(
     model.config.use_cache = True
     model.train(trainable)
     return Loaded(model, tok, ref, str(path) if path else ref, kind)
+
+
+MERGEABLE = ("LORA", "IA3")
+
+
+def _mergeable(model) -> bool:
+    """A PEFT model whose every adapter is folded into the weights by ``merge_and_unload``."""
+    peft_cfg = getattr(model, "peft_config", None)
+    if not peft_cfg or not hasattr(model, "merge_and_unload"):
+        return False
+    return {str(getattr(c, "peft_type", "")).rsplit(".", 1)[-1] for c in peft_cfg.values()} <= set(MERGEABLE)
 
 
 def _load_adapter(path: Path, torch_dtype: torch.dtype):

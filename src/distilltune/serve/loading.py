@@ -146,7 +146,8 @@ def load_slot(
     from distilltune.models import load_model
     from distilltune.models.generate import stop_token_ids
 
-    loaded = load_model(ref, teacher=cfg.teacher)
+    # merged for speed when served alone; extra adapters were trained on the bare base, so then not
+    loaded = load_model(ref, teacher=cfg.teacher, merge=not adapters)
     model = loaded.model
     ids: dict[str, str | None] = {}
     name = (cfg.served_name if role == "student" else None) or default_served_name(ref)

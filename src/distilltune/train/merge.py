@@ -11,9 +11,9 @@ from pathlib import Path
 
 from distilltune.errors import UserError
 from distilltune.io import atomic_dir
-from distilltune.models.resolve import run_artifact_dir
+from distilltune.models.resolve import MERGEABLE, run_artifact_dir
 
-MERGEABLE = ("LORA", "IA3")
+__all__ = ["MERGEABLE", "merge_adapter"]
 
 
 def merge_adapter(adapter: str | Path, output: str | Path) -> Path:
@@ -31,7 +31,7 @@ def merge_adapter(adapter: str | Path, output: str | Path) -> Path:
     out = Path(output)
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} exists and is not empty; choose another --output")
-    loaded = load_model(str(src))
+    loaded = load_model(str(src), merge=False)
     merged = loaded.model.merge_and_unload()
     merged.config.use_cache = True
     with atomic_dir(out) as tmp:
