@@ -31,6 +31,7 @@ def register(app: typer.Typer) -> None:
         min_confidence: float = typer.Option(-1.5, help="Harvest student answers below this mean log-prob."),
         heldout: float = typer.Option(0.3, help="Share of items kept back for the gate's failures set."),
         max_items: int = typer.Option(500, help="Harvest at most this many distinct questions."),
+        max_new_tokens: int = typer.Option(128, help="Cap on each teacher answer and each gate answer."),
         ood: bool = typer.Option(
             True, "--ood/--no-ood", help="Also harvest out-of-distribution questions (bundled MiniLM)."
         ),
@@ -42,16 +43,24 @@ def register(app: typer.Typer) -> None:
 
         Exit status: 0, or 1 when the gate ran and keeps the current model; 2 on bad input.
         """
+        from pydantic import ValidationError
+
+        from distilltune.errors import UserError
         from distilltune.flywheel import FlywheelSettings, run_flywheel
 
         try:
             settings = FlywheelSettings(
-                min_confidence=min_confidence, heldout_share=heldout, max_items=max_items
-            )
-        except ValueError as e:
-            from distilltune.errors import UserError
-
-            raise UserError(f"invalid option: {e}") from None
+                min_confidence=min_confidence, heldout_share=heldout, max_items=max_items,
+                max_new_tokens=max_new_tokens,
+            )  # fmt: skip
+        except ValidationError as e:
+            names = {
+                "heldout_share": "--heldout",
+                "max_items": "--max-items",
+                "max_new_tokens": "--max-new-tokens",
+            }
+            msgs = [f"{names.get(str(x['loc'][0]), x['loc'][0])}: {x['msg']}" for x in e.errors()]
+            raise UserError("invalid option: " + "; ".join(msgs)) from None
         embedder = None
         if ood:
             from distilltune.retrieval.embed import load_embedder
