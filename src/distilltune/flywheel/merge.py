@@ -115,11 +115,10 @@ def merge(items: list[dict], task, guard, out_dir: str | Path, overlap: float) -
     heldout = [it for it in ok if it["split"] == "heldout"]
     version = parent_version(task) + 1
     dst = out / f"task-v{version}"
-    digest = hashlib.sha256(
-        json.dumps(
-            [str(task.root.resolve()), [(i["id"], i["decision"], i["answer"], i["split"]) for i in ok]]
-        ).encode("utf-8")
-    ).hexdigest()[:16]
+    parent_train = hashlib.sha256((task.root / task.spec.data.train).read_bytes()).hexdigest()
+    decided = [(i["id"], i["decision"], i["answer"], i["split"], i.get("note", "")) for i in ok]
+    blob = json.dumps([str(task.root.resolve()), parent_train, decided])
+    digest = hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
     summary = {
         "task_dir": str(dst), "failures_dir": str(out / "failures"), "version": version,
         "parent": str(task.root), "accepted": len(accepted), "merged_train": len(train_add),

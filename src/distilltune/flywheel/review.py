@@ -133,5 +133,6 @@ def apply_decisions(review_path: str | Path, decisions_path: str | Path) -> int:
             by_id[e["id"]].update(upd)
             changed += 1
     problems.raise_if_errors(f"{dp}: invalid decisions")
-    atomic_write_text(review_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in items))
+    if changed:
+        atomic_write_text(review_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in items))
     return changed

@@ -109,8 +109,8 @@ def run_flywheel(
         state["status"] = "waiting for review"
         return _save(out, state)
 
-    state["merge"] = merge(reviewed, task, guard, out, settings.eval_overlap)
-    m = state["merge"]
+    m = merge(reviewed, task, guard, out, settings.eval_overlap)
+    state["merge"] = {k: v for k, v in m.items() if k != "unchanged"}  # state.json: same on a re-run
     log(f"merge: v{m['version']}: {m['merged_train']} train + {m['heldout']} held-out items, "
         f"{len(m['refused'])} refused{' (unchanged)' if m['unchanged'] else ''} -> {m['task_dir']}")  # fmt: skip
     if candidate is None:
