@@ -118,13 +118,16 @@ def test_harvest_settings_select_reasons_and_split_stably(log_db):
 
 
 class WordEmbedder:
-    """Bag of words hashed into 64 dims: questions sharing words are close (an independent stand-in)."""
+    """Bag of words (one dimension per distinct word): questions sharing words are close, others orthogonal."""
+
+    def __init__(self):
+        self.vocab: dict[str, int] = {}
 
     def encode(self, texts):
-        out = np.zeros((len(texts), 64))
+        out = np.zeros((len(texts), 1024))
         for i, t in enumerate(texts):
             for w in t.lower().replace("?", "").split():
-                out[i, hash(w) % 64] += 1.0
+                out[i, self.vocab.setdefault(w, len(self.vocab))] += 1.0
         return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
 
 
@@ -156,8 +159,9 @@ def test_not_a_request_log_is_a_clear_error(tmp_path):
 def _labels(items):
     """Labels as the label stage writes them, from fake generations (no model here)."""
     out = {}
-    for i, it in enumerate(items):
-        text = "Yes we do, see the rentals page." if i % 3 else "word word word word word word word word"
+    for it in items:
+        bad = it["question"] == "Do you repair scooters?"
+        text = "word word word word word word word word" if bad else "Yes we do, see the rentals page."
         res = SimpleNamespace(text=text, route="student", finished=True, citations=[{"file": "rentals.md"}],
                               new_tokens=9, mean_logprob=-0.4)  # fmt: skip
         out[it["id"]] = label_record(it, res, "teacher-x", "Sorry.", FlywheelSettings())
@@ -167,7 +171,8 @@ def _labels(items):
 def test_review_file_keeps_the_reviewers_work_and_imports_page_decisions(log_db, tmp_path):
     items = _harvest(log_db)
     labels = _labels(items)
-    assert labels[items[0]["id"]]["problem"] == "repeated_ngram"
+    scooters = next(it["id"] for it in items if it["question"] == "Do you repair scooters?")
+    assert labels[scooters]["problem"] == "repeated_ngram"
     path = tmp_path / "review.jsonl"
     fresh = [review_item(it, labels[it["id"]]) for it in items]
     write_review(path, fresh)
@@ -175,7 +180,10 @@ def test_review_file_keeps_the_reviewers_work_and_imports_page_decisions(log_db,
     assert [r["decision"] for r in rows] == [None] * len(items)
     cash = next(r for r in rows if r["question"] == "Can I pay with cash?")
     assert cash["answer"] == "Yes, cash works. Mail [EMAIL]."  # the user's correction is proposed first
-    assert rows[0]["answer"] == ""  # a degenerate teacher answer is not proposed
+    assert next(r for r in rows if r["id"] == scooters)["answer"] == ""  # a degenerate answer is not proposed
+    assert next(r for r in rows if r["question"] == "Is there parking for cars?")["answer"].startswith(
+        "Yes we do"
+    )
 
     text = path.read_text().replace('"decision": null', '"decision": "reject"', 1)
     path.write_text(text)
