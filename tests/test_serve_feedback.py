@@ -129,7 +129,7 @@ def test_unknown_ids_malformed_json_and_auth(live):
         assert r.status_code == 400, (raw[:10], r.status_code)
     r = _feedback(url, {"id": "chatcmpl-1", "rating": "up"}, headers={})
     assert r.status_code == 401
-    r = httpx.post(f"{url}/v1/feedback", content=b"x" * 100_000, headers=AUTH)
+    r = httpx.post(f"{url}/v1/feedback", content=b"x" * 300_000, headers=AUTH)
     assert r.status_code == 413
 
 
