@@ -207,11 +207,14 @@ def test_gauges_equal_the_monitors_window_traffic(tmp_path):
 def test_the_window_forgets_old_requests(tmp_path):
     from distilltune.serve.signals import LiveSignals
 
-    now = [1_750_000_000.0 + 5000]
+    t0 = 1_750_000_000.0  # requests at t0 + 0 .. t0 + 1999 s
+    now = [t0 + 2000]
     sig = LiveSignals(window_s=3600, clock=lambda: now[0], max_requests=1000)
-    for r in _records(2000, 1_750_000_000.0, seed=1):
+    for r in _records(2000, t0, seed=1):
         sig.observe(r)
-    assert sig.snapshot()["requests"] == 1000  # bounded by max_requests (the newest)
+    assert sig.snapshot()["requests"] == 1000  # all within the hour: bounded by max_requests
+    now[0] = t0 + 1500 + 3600  # the window now starts at t0 + 1500
+    assert sig.snapshot()["requests"] == 500
     now[0] += 10_000
     snap = sig.snapshot()
     assert snap["requests"] == 0 and snap["confidence"] is None and snap["shares"]["student"] is None
