@@ -26,6 +26,7 @@ LAYERS = [
     {"compare"},
     {"export", "serve"},
     {"monitor"},
+    {"flywheel"},
     {"cli", "__main__", "__init__"},
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}

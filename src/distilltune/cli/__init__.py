@@ -16,6 +16,7 @@ from distilltune.cli import (
     evaluate_cmd,
     export_cmd,
     finetune_cmd,
+    flywheel_cmd,
     generate_cmd,
     guard_cmd,
     index_cmd,
@@ -45,6 +46,7 @@ index_cmd.register(app)
 guard_cmd.register(app)
 compare_cmd.register(app)
 monitor_cmd.register(app)
+flywheel_cmd.register(app)
 export_cmd.register(app)
 
 

@@ -33,6 +33,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from distilltune.inference import ROUTE_REFUSED_INPUT, ROUTE_REFUSED_OUTPUT
+from distilltune.serve import feedback
 from distilltune.serve.intake import LOOPBACK_NAMES, check_browser_safety, parse_request, read_body
 from distilltune.serve.loading import ServerState
 from distilltune.serve.openai_types import APIError, chunk, completion, new_id
@@ -101,6 +102,7 @@ def create_app(state: ServerState, manage_lifecycle: bool = True) -> FastAPI:
         openapi_url=None,
     )
     app.state.server = state
+    feedback.register(app, state)  # POST /v1/feedback (serve/feedback.py)
 
     @app.exception_handler(APIError)
     async def _api_error(_request: Request, e: APIError):
@@ -156,6 +158,7 @@ def create_app(state: ServerState, manage_lifecycle: bool = True) -> FastAPI:
             metrics.redactions.labels("input").inc()
         if any(r.startswith("pii:") for r in rec.output_reasons):
             metrics.redactions.labels("output").inc()
+        metrics.signals.observe(rec)
         state.log.write(rec)
 
     @app.get("/health")

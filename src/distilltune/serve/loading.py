@@ -217,7 +217,7 @@ def build_state(cfg: ServeConfig) -> ServerState:
                 "(export it, or leave --api-key-env out to serve without authentication)"
             )
     task = load_task(cfg.task)
-    metrics = ServerMetrics()
+    metrics = ServerMetrics(task.spec.monitoring.unanswered_patterns)
     log = RequestLog(cfg.log_db)
     student, student_ids = load_slot("student", cfg.model, cfg, metrics, cfg.adapters)
     # The fallback answers escalations only; it is not a model id clients may pick.

@@ -6,10 +6,13 @@ closed sets (route, status class, model id, guard stage) — never request text.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from distilltune.serve.signals import LiveSignals
+from distilltune.task.schema import UNANSWERED_PATTERNS
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120)
 
@@ -17,8 +20,14 @@ LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120)
 class ServerMetrics:
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self) -> None:
+    def __init__(self, unanswered_patterns: Iterable[str] = UNANSWERED_PATTERNS) -> None:
         r = self.registry = CollectorRegistry()
+        # The monitor's per-window signals over the last hour (docs/monitoring.md), computed at scrape.
+        self.signals = LiveSignals(unanswered_patterns=unanswered_patterns)
+        r.register(self.signals)
+        self.feedback = Counter(
+            "distilltune_feedback", "Feedback received (POST /v1/feedback)", ["rating"], registry=r
+        )
         self.requests = Counter(
             "distilltune_requests",
             "Chat completion requests answered",
