@@ -4,7 +4,7 @@ Presets set the data and step counts; anything given in a YAML file, as an optio
 override wins over the preset. ``quick`` is sized so ``distilltune demo`` finishes within a quarter
 of an hour on a 2-core CPU while still training every strategy for real (measured as a first run on an
 idle machine: 871 s, benchmarks/results/demo.json); ``full`` is the honest run (all data, all six
-strategies, 3x the updates at twice the batch; about two hours on 2 cores, benchmarks/results/full/).
+strategies, 3x the updates at twice the batch; measured: 76 min on 2 cores, benchmarks/results/full.json).
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         # sequence length, so "does the quick verdict hold on the full data?" is the only question
         # it changes. Sized from the quick run's measured per-example costs on 2 cores (teacher LoRA
         # ~2 s, logit KD ~1.4 s, label-only ~0.45 s per example; ~2 s per teacher answer) to finish in
-        # about 2 hours; the measured wall time and stage times are in benchmarks/results/full/.
+        # about 2 hours; it took 76 min (benchmarks/results/full.json has every stage, results/full/ the report).
         "train_limit": None,
         "eval_limit": None,
         "behaviour_limit": None,
