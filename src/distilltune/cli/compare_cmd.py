@@ -125,7 +125,8 @@ def register(app: typer.Typer) -> None:
     def demo(
         output: Path = typer.Option(Path("demo-output"), "--output", "-o", help="Where the comparison goes."),
         preset: str = typer.Option(
-            "quick", help="quick (about 15 minutes on 2 idle cores, first run included) or full (about 75 minutes)."
+            "quick",
+            help="quick (about 15 minutes on 2 idle cores, first run included) or full (about 75 minutes).",
         ),
         print_config: bool = PRINT_CONFIG_OPT,
         overrides: list[str] = OVERRIDES_ARG,
