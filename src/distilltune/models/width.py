@@ -95,7 +95,8 @@ def width_config(config, mlp: float | None, heads: float | None):
 
 def top_units(scores: torch.Tensor, k: int) -> list[int]:
     """Indices of the ``k`` highest scores, in model order (ties: the earlier unit)."""
-    order = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))
+    vals = scores.tolist()
+    order = sorted(range(len(vals)), key=lambda i: (-vals[i], i))
     return sorted(order[:k])
 
 
