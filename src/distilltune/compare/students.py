@@ -55,12 +55,8 @@ def _width_record(spec, base_config, head_scores, layers: list[int], path: Path)
         "importance": str(path),
     }
     if spec.heads is not None:
-        rec["heads_kept"] = {
-            i: select_heads(head_scores[i], n_heads, n_kv, cfg.num_attention_heads, cfg.num_key_value_heads)[
-                0
-            ]
-            for i in layers
-        }
+        kept = (cfg.num_attention_heads, cfg.num_key_value_heads)
+        rec["heads_kept"] = {i: select_heads(head_scores[i], n_heads, n_kv, *kept)[0] for i in layers}
     return rec
 
 
