@@ -15,6 +15,8 @@ def build_tiny_llama(
     hidden: int = 32,
     seed: int = 0,
     initializer_range: float = 0.02,
+    heads: int = 4,
+    kv_heads: int = 2,
 ) -> Path:
     """A random Llama with the bundled tokenizer's vocabulary, saved as a normal HF directory.
 
@@ -29,8 +31,8 @@ def build_tiny_llama(
         hidden_size=hidden,
         intermediate_size=hidden * 2,
         num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
         initializer_range=initializer_range,
         max_position_embeddings=1024,
         tie_word_embeddings=True,

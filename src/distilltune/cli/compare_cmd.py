@@ -84,7 +84,8 @@ def register(app: typer.Typer) -> None:
         student: str = typer.Option(
             None,
             help="Student spec (default: teacher:n_layers=6, keeping the layers with the most block "
-            "influence on the task; student_layers=first-last keeps the first and last ones).",
+            "influence on the task; student_layers=first-last keeps the first and last ones). Add mlp=0.5 "
+            "or heads=0.67 to prune width too, by activations on the task: teacher:n_layers=12,mlp=0.5.",
         ),
         latency_budget: float = typer.Option(
             None, "--budget.latency_p95_ms", help="Override the task's p95 latency budget."

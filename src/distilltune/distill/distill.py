@@ -164,19 +164,14 @@ def load_student(cfg: DistillConfig):
     """The student, trainable. ``teacher:...`` specs over an adapter teacher (a LoRA fine-tuned teacher
     from a blend) prune the teacher *with its adapter merged*, which ``load_model`` cannot do itself."""
     from distilltune.models import Loaded, load_model
-    from distilltune.models.resolve import STUDENT_RE, resolve_path
-    from distilltune.models.student import _decoder_layers, default_layers, parse_layers, prune_layers
+    from distilltune.models.resolve import resolve_path
+    from distilltune.models.spec import parse_student_spec
+    from distilltune.models.student import build_student
 
-    m = STUDENT_RE.match(cfg.student)
-    if m and m["base"] == "teacher" and resolve_path(cfg.teacher)[0] == "adapter":
+    spec = parse_student_spec(cfg.student)
+    if spec and spec.base == "teacher" and resolve_path(cfg.teacher)[0] == "adapter":
         teacher, tok = load_teacher(cfg, "cpu")
-        n_total = len(_decoder_layers(teacher))
-        layers = (
-            parse_layers(m["value"], n_total)
-            if m["key"] == "layers"
-            else default_layers(n_total, int(m["value"]))
-        )
-        student = prune_layers(teacher, layers)
+        student = build_student(teacher, spec)
         del teacher
         for p in student.parameters():
             p.requires_grad_(True)

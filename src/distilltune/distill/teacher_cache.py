@@ -111,7 +111,8 @@ def teacher_fingerprint(ref: str, memo_path: Path | None = None) -> str:
     Hub ids (online only) are identified by name.
     """
     from distilltune.models.bundled import BUILTIN_MODELS, gguf_path
-    from distilltune.models.resolve import STUDENT_RE, resolve_path
+    from distilltune.models.resolve import resolve_path
+    from distilltune.models.spec import parse_student_spec
 
     memo: dict = {}
     if memo_path is not None and memo_path.is_file():
@@ -119,9 +120,14 @@ def teacher_fingerprint(ref: str, memo_path: Path | None = None) -> str:
             memo = json.loads(memo_path.read_text())
 
     def fp(r: str) -> str:
-        m = STUDENT_RE.match(r)
-        if m:
-            return hashlib.sha256(f"spec:{m['key']}={m['value']}:{fp(m['base'])}".encode()).hexdigest()
+        spec = parse_student_spec(r)
+        if spec:
+            key = f"spec:{spec.body()}:{fp(spec.base)}"
+            if spec.importance is not None:  # the scores choose the channels: hash their content too
+                if not Path(spec.importance).is_file():
+                    raise UserError(f"{r}: importance file {spec.importance} not found")
+                key += ":" + _sha256_file(Path(spec.importance), memo)
+            return hashlib.sha256(key.encode()).hexdigest()
         kind, path = resolve_path(r)
         h = hashlib.sha256(f"{kind}\0".encode())
         if kind == "builtin":

@@ -9,14 +9,14 @@ A reference is one of:
 - a ``.gguf`` file (dequantized to float);
 - a hub id (``org/name``), only when online (``HF_HUB_OFFLINE`` unset);
 - a student spec ``BASE:n_layers=6`` or ``BASE:layers=0,1,2,27,28,29``: a depth-pruned copy of BASE,
-  where BASE is any of the above or ``teacher`` (the teacher given to the same command).
+  where BASE is any of the above or ``teacher`` (the teacher given to the same command); ``mlp=F`` and
+  ``heads=F`` prune width too (``models.spec`` lists the keys).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,9 +25,10 @@ from torch import nn
 
 from distilltune.errors import UserError
 from distilltune.models.bundled import BUILTIN_MODELS, bundled_model_dir
-from distilltune.models.student import _decoder_layers, default_layers, parse_layers, prune_layers
+from distilltune.models.spec import STUDENT_RE, is_student_spec, parse_student_spec
+from distilltune.models.student import build_student
 
-STUDENT_RE = re.compile(r"^(?P<base>.+?):(?P<key>n_layers|layers)=(?P<value>[\d, ]+)$")
+__all__ = ["STUDENT_RE", "Loaded", "is_student_spec", "load_model", "load_tokenizer", "resolve_path"]
 
 
 @dataclass
@@ -37,10 +38,6 @@ class Loaded:
     ref: str
     source: str  # a path on disk the weights came from (for cards and cache keys)
     kind: str  # "builtin" | "dir" | "adapter" | "gguf" | "hub" | "student"
-
-
-def is_student_spec(ref: str) -> bool:
-    return bool(STUDENT_RE.match(ref))
 
 
 def run_artifact_dir(path: Path) -> Path:
@@ -110,21 +107,15 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM
 
-    m = STUDENT_RE.match(ref)
-    if m:
-        base_ref = m["base"]
+    spec = parse_student_spec(ref)
+    if spec:
+        base_ref = spec.base
         if base_ref == "teacher":
             if not teacher:
                 raise UserError(f"student spec {ref!r} names 'teacher' but no teacher model was given")
             base_ref = teacher
         base = load_model(base_ref, dtype=dtype)
-        n_total = len(_decoder_layers(base.model))
-        layers = (
-            parse_layers(m["value"], n_total)
-            if m["key"] == "layers"
-            else default_layers(n_total, int(m["value"]))
-        )
-        student = prune_layers(base.model, layers)
+        student = build_student(base.model, spec)
         del base.model
         student.train(trainable)
         return Loaded(student, base.tokenizer, ref, base.source, "student")
@@ -186,10 +177,9 @@ def _load_adapter(path: Path, torch_dtype: torch.dtype):
 
 def load_tokenizer(ref: str, teacher: str | None = None):
     """Only the tokenizer of ``ref`` (cheap: no weights)."""
-    m = STUDENT_RE.match(ref)
-    if m:
-        base = m["base"]
-        return load_tokenizer(teacher if base == "teacher" and teacher else base)
+    spec = parse_student_spec(ref)
+    if spec:
+        return load_tokenizer(teacher if spec.base == "teacher" and teacher else spec.base)
     kind, path = resolve_path(ref)
     if kind == "builtin":
         from distilltune.models.bundled import bundled_tokenizer_dir

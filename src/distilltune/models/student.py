@@ -1,4 +1,5 @@
-"""Build a student by depth pruning: copy the embeddings, final norm, head and a subset of layers.
+"""Build a student by depth pruning: copy the embeddings, final norm, head and a subset of layers
+(``build_student`` then narrows the kept layers when the spec asks for width: ``models.width``).
 
 ``n_layers=N`` alone keeps the first ceil(N/2) and last floor(N/2) layers (0,1,2,27,28,29 of the
 bundled teacher): a choice that needs no data. Measured on SmolLM2-135M (docs/design.md), keeping the
@@ -54,34 +55,25 @@ def _decoder_layers(model: nn.Module) -> nn.ModuleList:
     return layers
 
 
-def prune_layers(teacher: nn.Module, layers: list[int]) -> nn.Module:
-    """Return a new model holding copies of ``layers`` of ``teacher``; the teacher is untouched."""
-    src = _decoder_layers(teacher)
-    cfg = copy.deepcopy(teacher.config)
-    cfg.num_hidden_layers = len(layers)
-    if getattr(cfg, "layer_types", None):
-        cfg.layer_types = [cfg.layer_types[i] for i in layers]
-    cls = type(teacher)
+def instantiate(template: nn.Module, cfg, state: dict, buffers: dict, rename=lambda name: name) -> nn.Module:
+    """A new model of ``template``'s class built from ``cfg`` and ``state`` (cloned: nothing is shared
+    with the source). Non-persistent buffers (rotary ``inv_freq``) are not in a state dict: each comes
+    from ``buffers[rename(name)]``."""
     with torch.device("meta"):
-        student = cls(cfg)
-    # Copy everything but the decoder layers, then the chosen layers in order.
-    state = {k: v for k, v in teacher.state_dict().items() if ".layers." not in k}
-    for new_i, old_i in enumerate(layers):
-        for k, v in src[old_i].state_dict().items():
-            state[f"model.layers.{new_i}.{k}"] = v
+        student = type(template)(cfg)
     state = {k: v.detach().clone() for k, v in state.items()}
-    student.load_state_dict(state, strict=False, assign=True)
+    try:
+        student.load_state_dict(state, strict=False, assign=True)
+    except RuntimeError as e:  # a tensor whose shape the pruned config does not expect
+        raise UserError(f"could not copy weights into the student ({type(template).__name__}): {e}") from None
     if getattr(cfg, "tie_word_embeddings", False):
         student.tie_weights()
-    # Non-persistent buffers (e.g. rotary inv_freq) are not in the state dict: copy them too.
-    teacher_buffers = dict(teacher.named_buffers())
     for name, buf in list(student.named_buffers()):
         if not buf.is_meta:
             continue
-        src_name = re.sub(r"\.layers\.(\d+)\.", lambda m: f".layers.{layers[int(m[1])]}.", name)
         owner_name, _, attr = name.rpartition(".")
         owner = student.get_submodule(owner_name) if owner_name else student
-        owner._buffers[attr] = teacher_buffers[src_name].detach().clone()
+        owner._buffers[attr] = buffers[rename(name)].detach().clone()
     missing = [n for n, p in list(student.named_parameters()) + list(student.named_buffers()) if p.is_meta]
     if missing:
         raise UserError(f"could not copy weights into the student: {missing[:3]}")
@@ -89,6 +81,55 @@ def prune_layers(teacher: nn.Module, layers: list[int]) -> nn.Module:
         attn = getattr(layer, "self_attn", None)
         if attn is not None and hasattr(attn, "layer_idx"):
             attn.layer_idx = i  # the KV cache is indexed by layer
+    return student
+
+
+def prune_layers(teacher: nn.Module, layers: list[int]) -> nn.Module:
+    """Return a new model holding copies of ``layers`` of ``teacher``; the teacher is untouched."""
+    src = _decoder_layers(teacher)
+    cfg = copy.deepcopy(teacher.config)
+    cfg.num_hidden_layers = len(layers)
+    if getattr(cfg, "layer_types", None):
+        cfg.layer_types = [cfg.layer_types[i] for i in layers]
+    # Everything but the decoder layers, then the chosen layers in order.
+    state = {k: v for k, v in teacher.state_dict().items() if ".layers." not in k}
+    for new_i, old_i in enumerate(layers):
+        for k, v in src[old_i].state_dict().items():
+            state[f"model.layers.{new_i}.{k}"] = v
+    student = instantiate(
+        teacher,
+        cfg,
+        state,
+        dict(teacher.named_buffers()),
+        lambda name: re.sub(r"\.layers\.(\d+)\.", lambda m: f".layers.{layers[int(m[1])]}.", name),
+    )
     student.config.distilltune_student_layers = layers
     student.generation_config = copy.deepcopy(teacher.generation_config)
     return student.eval()
+
+
+def build_student(base: nn.Module, spec) -> nn.Module:
+    """The student ``spec`` (a ``models.spec.StudentSpec``) describes, cut from ``base``: its layers
+    first, then the width of every kept layer, ranked by the spec's importance file or, without one,
+    by weight magnitude (``models.width``)."""
+    layers = spec.layer_choice(len(_decoder_layers(base)))
+    if not spec.prunes_width:
+        return prune_layers(base, layers)
+    from distilltune.models.width import load_scores, prune_width, weight_importance
+
+    if spec.importance is not None:
+        mlp_scores, head_scores = load_scores(spec.importance)
+        source = "activations"
+    else:
+        mlp_scores, head_scores = weight_importance(base)
+        source = "weights"
+    n_total = len(_decoder_layers(base))
+    if mlp_scores.shape[0] != n_total or head_scores.shape[0] != n_total:
+        raise UserError(
+            f"importance={spec.importance}: scores for {mlp_scores.shape[0]} layers, "
+            f"but the base model has {n_total}; measure them on this base"
+        )
+    depth = prune_layers(base, layers)
+    student = prune_width(depth, spec.mlp, spec.heads, mlp_scores[layers], head_scores[layers], source)
+    del depth
+    return student
