@@ -8,6 +8,7 @@ were then, kept here only as a second path to the same configs.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -234,8 +235,6 @@ def test_steps_accept_strategy_names_and_reject_unknown_ones():
 
 
 def test_eta_scales_with_the_task_size_and_the_model(tmp_path):
-    import json
-
     teacher = tmp_path / "teacher"
     teacher.mkdir()
     (teacher / "config.json").write_text(json.dumps({"num_hidden_layers": 30}))
@@ -256,3 +255,30 @@ def test_eta_scales_with_the_task_size_and_the_model(tmp_path):
     )
     assert w("student-12l-jsd", 0) - 15 == pytest.approx(2 * (w("student-kd", 0) - 15))  # 12 vs 6 layers
     assert w("teacher", action="evaluate") > w("student-ft", action="evaluate")
+
+
+def test_a_custom_student_gets_its_own_measured_layers(tiny_task, tiny_teacher_dir, tmp_path):
+    from distilltune.compare.run import _resolve_students, prepare_view
+
+    custom = {
+        "student-3l": {
+            "kind": "finetune",
+            "model": "teacher:n_layers=3",
+            "recipe": {"method": "full"},
+            "steps": 1,
+        }
+    }
+    cfg = CompareConfig.model_validate(
+        {"task": str(tiny_task), "output": str(tmp_path / "cmp"), "teacher": str(tiny_teacher_dir),
+         "student": "teacher:n_layers=2", "strategies": ["student-ft", "student-3l"], "custom_strategies": custom}
+    )  # fmt: skip
+    out = tmp_path / "cmp"
+    view = prepare_view(cfg, out)
+    resolved = _resolve_students(cfg, view, out, lambda m: None)
+    two, three = resolved[f"{tiny_teacher_dir}:n_layers=2"], resolved[f"{tiny_teacher_dir}:n_layers=3"]
+    assert two.count(",") == 1 and three.count(",") == 2 and ":layers=" in three
+    scores = json.loads((out / "student_layers.json").read_text())["block_influence"]
+    kept = [int(i) for i in three.split("=")[1].split(",")]
+    assert sorted(kept) == sorted(sorted(range(4), key=lambda i: -scores[i])[:3])  # the 3 most influential
+    tcs = training_configs(cfg, view, out, resolved)
+    assert tcs["student-3l"].model == three and tcs["student-ft"].model == two
