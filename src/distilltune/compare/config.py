@@ -21,7 +21,7 @@ from distilltune.compare.strategies import (
     problems,
     strategy_table,
 )
-from distilltune.config import StrictModel, deep_merge
+from distilltune.config import FieldProblems, StrictModel, deep_merge
 from distilltune.retrieval.config import RetrievalConfig
 from distilltune.train.config import LoraSettings
 
@@ -163,8 +163,8 @@ class CompareConfig(StrictModel):
             from distilltune.compare.recipes import recipe_problems
 
             found = recipe_problems(self)
-        if found:
-            raise ValueError("; ".join(found))
+        if found:  # "field: message" lines, reported one problem per field
+            raise FieldProblems([tuple(p.split(": ", 1)) if ": " in p else ("", p) for p in found])
         return self
 
     def table(self) -> dict[str, Strategy]:
