@@ -2,7 +2,8 @@
 
 The subset teacher, student-ft, student-kd still exercises every stage kind: LoRA fine-tuning of the
 teacher (trained because student-kd needs it), full fine-tuning, the cached teacher top-k pass and
-KD, evaluation with retrieval and the guard, and the report. A second run must skip all work.
+KD, evaluation with retrieval and the guard, and the report. Next to them runs a strategy the user
+defined in the compare config (a 2-layer student distilled with JSD). A second run must skip all work.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from distilltune.compare.config import CompareConfig
 from distilltune.compare.run import run_compare, teacher_agreement_of
@@ -40,25 +42,52 @@ def _cfg(task, teacher, out, **extra) -> CompareConfig:
     return CompareConfig.model_validate(data)
 
 
+# a user-defined candidate, as a compare YAML would add it (examples/compare/custom-strategies.yaml)
+CUSTOM = {
+    "student-jsd": {
+        "kind": "distill",
+        "description": "a 2-layer student distilled with JSD",
+        "student": "teacher:n_layers=2",
+        "recipe": {"loss": "jsd"},
+        "steps": 2,
+    }
+}
+
+
 def test_compare_end_to_end_and_resume(tiny_task, tiny_teacher_dir, tmp_path):
     out = tmp_path / "cmp"
     logs: list[str] = []
-    report = run_compare(_cfg(tiny_task, tiny_teacher_dir, out), log=logs.append)
+    strategies = ["teacher", "student-ft", "student-kd", "student-jsd"]
+    cfg = _cfg(tiny_task, tiny_teacher_dir, out, custom_strategies=CUSTOM, strategies=strategies)
+    report = run_compare(cfg, log=logs.append)
 
     assert validate_report(report) == []
     on_disk = json.loads((out / "report.json").read_text())
     assert validate_report(on_disk) == [] and on_disk["schema_version"] == 1
     names = [s["name"] for s in on_disk["strategies"]]
-    assert sorted(names) == ["student-ft", "student-kd", "teacher"]
+    assert names == ["teacher", "student-ft", "student-kd", "student-jsd"]
     for s in on_disk["strategies"]:
         assert s["error"] is None, s["error"]
         assert s["quality"]["n_items"] == 5  # every tiny eval item was answered and scored
         assert s["efficiency"]["latency_p95_ms"] > 0 and s["efficiency"]["peak_rss_mb"] > 0
     agreement = {s["name"]: s["quality"].get("teacher_agreement") for s in on_disk["strategies"]}
     assert agreement["teacher"] is None  # not compared with itself
-    assert all(0.0 <= agreement[n] <= 1.0 for n in ("student-ft", "student-kd"))
+    assert all(0.0 <= agreement[n] <= 1.0 for n in ("student-ft", "student-kd", "student-jsd"))
     trained = {s["name"]: s["training"] for s in on_disk["strategies"]}
     assert trained["student-kd"]["steps"] == 3 and trained["student-kd"]["wall_s"] > 0
+    # the user's strategy ran as its recipe says, beside the built-ins, and is in both reports
+    jsd = next(s for s in on_disk["strategies"] if s["name"] == "student-jsd")
+    assert jsd["kind"] == "distill" and jsd["description"] == "a 2-layer student distilled with JSD"
+    assert trained["student-jsd"]["steps"] == 2 and trained["student-jsd"]["wall_s"] > 0
+    run_cfg = yaml.safe_load((out / "runs" / "student-jsd" / "config.yaml").read_text())
+    assert run_cfg["loss"] == "jsd" and run_cfg["teacher"] == str(out / "runs" / "teacher-lora")
+    assert (
+        run_cfg["student"]
+        == yaml.safe_load((out / "configs" / "train-student-kd.yaml").read_text())["student"]
+    )
+    assert "distilltune distill --config" in on_disk["commands"]["train student-jsd"]
+    md_rows = [line for line in (out / "report.md").read_text().splitlines() if "student-jsd" in line]
+    assert any("| distill |" in line for line in md_rows), md_rows
     assert trained["teacher"]["wall_s"] is None  # nothing trained
     # the KD student learned from the fine-tuned teacher, which was trained although not evaluated
     assert (out / "runs" / "teacher-lora" / "adapter" / "adapter_config.json").exists()
@@ -87,9 +116,9 @@ def test_compare_end_to_end_and_resume(tiny_task, tiny_teacher_dir, tmp_path):
     # a second run reuses every finished stage
     times_before = json.loads((out / "stage_times.json").read_text())
     logs.clear()
-    again = run_compare(_cfg(tiny_task, tiny_teacher_dir, out), log=logs.append)
+    again = run_compare(cfg, log=logs.append)
     assert json.loads((out / "stage_times.json").read_text()) == times_before
-    assert sum("skipping" in line for line in logs) == 6  # 3 trainings + 3 evaluations
+    assert sum("skipping" in line for line in logs) == 8  # 4 trainings + 4 evaluations
     assert again["recommendation"]["strategy"] == report["recommendation"]["strategy"]
 
 
@@ -114,9 +143,13 @@ def test_compare_refuses_to_mix_different_data(tiny_task, tiny_teacher_dir, tmp_
 def test_compare_config_presets_and_errors():
     quick = CompareConfig.model_validate({"task": "t", "output": "o"})
     full = CompareConfig.model_validate({"task": "t", "output": "o", "preset": "full"})
-    assert quick.steps.student_kd < full.steps.student_kd and quick.train_limit and full.train_limit is None
+    assert (
+        quick.steps["student-kd"] < full.steps["student-kd"]
+        and quick.train_limit
+        and full.train_limit is None
+    )
     mine = CompareConfig.model_validate({"task": "t", "output": "o", "steps": {"student_kd": 7}})
-    assert mine.steps.student_kd == 7 and mine.steps.student_ft == quick.steps.student_ft
+    assert mine.steps["student-kd"] == 7 and mine.steps["student-ft"] == quick.steps["student-ft"]
     with pytest.raises(Exception, match="unknown strategies"):
         CompareConfig.model_validate({"task": "t", "output": "o", "strategies": ["teacher", "magic"]})
     assert (

@@ -87,11 +87,26 @@ def read_yaml(path: str | Path, what: str = "config") -> dict:
     return data
 
 
+class FieldProblems(ValueError):
+    """Raised by a model validator that found several problems, each at its own field (dotted path)."""
+
+    def __init__(self, items: list[tuple[str, str]]):
+        super().__init__("; ".join(f"{f}: {m}" if f else m for f, m in items))
+        self.items = items
+
+
 def validation_problems(err: ValidationError, source: str) -> list[Problem]:
     problems = []
     for e in err.errors():
         loc = ".".join(str(x) for x in e["loc"])
         msg = e["msg"]
+        found_many = e.get("ctx", {}).get("error")
+        if isinstance(found_many, FieldProblems):  # a model validator's findings, each with its field
+            problems += [
+                Problem(source, m, field=".".join(x for x in (loc, f) if x) or None)
+                for f, m in found_many.items
+            ]
+            continue
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
         elif "input" in e and e["type"] not in ("missing",):

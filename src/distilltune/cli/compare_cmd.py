@@ -78,7 +78,8 @@ def register(app: typer.Typer) -> None:
         strategies: str = typer.Option(
             None,
             help="Comma-separated subset of: teacher, teacher-lora, student-ft, student-kd, "
-            "student-kd-lora, student-seqkd (default: the preset's; quick leaves out student-kd-lora and student-seqkd).",
+            "student-kd-lora, student-seqkd and the config's custom_strategies (default: the preset's plus "
+            "every custom strategy; quick leaves out student-kd-lora and student-seqkd; docs/compare.md).",
         ),
         teacher: str = typer.Option(None, help="Teacher model (default: smollm2-135m-instruct)."),
         student: str = typer.Option(

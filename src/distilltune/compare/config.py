@@ -9,16 +9,23 @@ strategies, 3x the updates at twice the batch; measured: 76 min on 2 cores, benc
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from distilltune.config import StrictModel, deep_merge
+from distilltune.compare.strategies import (
+    BUILTIN,
+    BUILTIN_NAMES,
+    Strategy,
+    StrategySpec,
+    problems,
+    strategy_table,
+)
+from distilltune.config import FieldProblems, StrictModel, deep_merge
 from distilltune.retrieval.config import RetrievalConfig
 from distilltune.train.config import LoraSettings
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-STRATEGY_NAMES = ("teacher", "teacher-lora", "student-ft", "student-kd", "student-kd-lora", "student-seqkd")
 
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
@@ -44,13 +51,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         # the quick preset takes the 24-update one and the full preset the slower learning rate.
         "teacher_lora": {"r": 16, "alpha": 32, "target_modules": ALL_LINEAR},
         "teacher_lora_lr": 2e-3,
-        "steps": {
-            "teacher_lora": 24,
-            "student_ft": 40,
-            "student_kd": 40,
-            "student_kd_lora": 12,
-            "student_seqkd": 40,
-        },
         "batch_size": 4,
         # 320 cut the prompt (system prompt and retrieved context) of most RAG examples on another
         # task; at k=2 / 192 context tokens the acme examples fit in 448 (0 truncated).
@@ -77,29 +77,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "teacher_lora": {"r": 16, "alpha": 32, "target_modules": ALL_LINEAR},
         # the sweep's better recipe (0.44 at 40 updates of 4); 48 updates of 8 is ~0.7 epoch of acme
         "teacher_lora_lr": 1e-3,
-        "steps": {
-            "teacher_lora": 48,
-            "student_ft": 120,
-            "student_kd": 120,
-            "student_kd_lora": 40,
-            "student_seqkd": 120,
-        },
         "batch_size": 8,
         "max_length": 448,
         "seqkd_prompts": 200,
         "seqkd_max_new_tokens": 128,
     },
 }
-
-
-class Steps(StrictModel):
-    """Optimizer updates per trained strategy."""
-
-    teacher_lora: int = Field(ge=1)
-    student_ft: int = Field(ge=1)
-    student_kd: int = Field(ge=1)
-    student_kd_lora: int = Field(ge=1)
-    student_seqkd: int = Field(ge=1)
 
 
 class BudgetOverrides(StrictModel):
@@ -112,7 +95,14 @@ class CompareConfig(StrictModel):
     task: str
     output: str
     preset: Literal["quick", "full"] = "quick"
-    strategies: list[str] = Field(default_factory=lambda: list(STRATEGY_NAMES))
+    strategies: list[str] = Field(
+        default_factory=lambda: list(BUILTIN_NAMES),
+        description="the strategies evaluated (default: the preset's, plus every new custom strategy)",
+    )
+    custom_strategies: dict[str, StrategySpec] = Field(
+        default_factory=dict,
+        description="new candidates, or changes to built-in ones, by name (see compare.strategies)",
+    )
     teacher: str = "smollm2-135m-instruct"
     student: str = Field(
         default="teacher:n_layers=6", description="student spec; 'teacher' = the teacher above"
@@ -141,7 +131,10 @@ class CompareConfig(StrictModel):
         default=None, gt=0, description="stop timing a strategy after this long (at least 8 requests)"
     )
     retrieval: RetrievalConfig = RetrievalConfig()
-    steps: Steps
+    steps: dict[str, Annotated[int, Field(ge=1)]] = Field(
+        default_factory=dict,
+        description="optimizer updates per trained strategy (default: the strategy's for the preset)",
+    )
     batch_size: int = Field(default=8, ge=1)
     max_length: int = Field(default=512, ge=64)
     seqkd_prompts: int | None = Field(
@@ -161,18 +154,53 @@ class CompareConfig(StrictModel):
         preset = data.get("preset", "quick")
         if preset not in PRESETS:
             return data  # the Literal check reports it
-        return deep_merge(PRESETS[preset], data)
+        return _with_defaults(deep_merge(PRESETS[preset], data), preset, "strategies" in data)
 
     @model_validator(mode="after")
-    def _known_strategies(self) -> CompareConfig:
-        unknown = [s for s in self.strategies if s not in STRATEGY_NAMES]
-        if unknown:
-            raise ValueError(f"unknown strategies {unknown}; known: {', '.join(STRATEGY_NAMES)}")
-        if not self.strategies:
-            raise ValueError("at least one strategy is needed")
+    def _valid_strategies(self) -> CompareConfig:
+        found = problems(self.custom_strategies, self.strategies, self.steps, self.preset)
+        if not found:
+            from distilltune.compare.recipes import recipe_problems
+
+            found = recipe_problems(self)
+        if found:  # "field: message" lines, reported one problem per field
+            raise FieldProblems([tuple(p.split(": ", 1)) if ": " in p else ("", p) for p in found])
         return self
+
+    def table(self) -> dict[str, Strategy]:
+        """Every strategy this comparison knows: the built-ins, changed or joined by custom_strategies."""
+        return strategy_table(self.custom_strategies)
+
+    def steps_for(self, strategy: Strategy) -> int:
+        """Updates of a trained strategy: ``steps.<name>``, else the strategy's own for the preset."""
+        return self.steps.get(strategy.name) or strategy.steps[self.preset]
 
     def student_spec(self) -> str:
         """The student spec with 'teacher' bound to the original teacher (never a fine-tuned one)."""
         base, _, rest = self.student.partition(":")
         return f"{self.teacher}:{rest}" if base == "teacher" and rest else self.student
+
+
+def _with_defaults(data: dict, preset: str, selection_given: bool) -> dict:
+    """Steps keyed by strategy name (``student_kd`` still means ``student-kd``), the built-ins' steps
+    for the preset, and new custom strategies added to a selection the user did not spell out."""
+    custom = data.get("custom_strategies")
+    custom = custom if isinstance(custom, dict) else {}
+    steps = data.get("steps", {})
+    if isinstance(steps, dict):
+        known = set(BUILTIN_NAMES) | set(custom)
+        steps = {k.replace("_", "-") if k not in known and k.replace("_", "-") in known else k: v
+                 for k, v in steps.items()}  # fmt: skip
+        own = {  # a built-in whose custom entry sets steps takes those
+            n: s.steps[preset]
+            for n, s in BUILTIN.items()
+            if s.trained and not (isinstance(custom.get(n), dict) and "steps" in custom[n])
+        }
+        data = {**data, "steps": {**own, **steps}}
+    selected = data.get("strategies", list(BUILTIN_NAMES))
+    if not selection_given and isinstance(selected, list):
+        data = {
+            **data,
+            "strategies": [*selected, *(n for n in custom if n not in BUILTIN and n not in selected)],
+        }
+    return data

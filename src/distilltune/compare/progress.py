@@ -12,8 +12,7 @@ from dataclasses import dataclass
 class Stage:
     strategy: str
     action: str  # "train" | "evaluate"
-    weight: float  # estimated seconds (quick preset on 2 cores), for the ETA
-    run: Callable[[], None]
+    weight: float  # estimated seconds on 2 cores (compare.recipes.stage_weight), for the ETA
 
 
 class Progress:

@@ -51,7 +51,7 @@ class StrategyResult(StrictModel):
 
     name: str = Field(min_length=1)
     description: str = ""
-    kind: Literal["teacher", "finetune", "distill", "blend"]
+    kind: Literal["base", "teacher", "finetune", "distill", "blend"]  # "teacher": base, in older reports
     eval: dict[str, Any] = Field(default_factory=dict)
     wall_s: float | None = Field(default=None, ge=0)
     steps: int | None = Field(default=None, ge=0)
@@ -222,7 +222,7 @@ def _candidate(s: dict) -> Candidate:
         e["peak_rss_mb"],
         tuple(ci) if ci else None,
         e["size_bytes"],
-        train if s["kind"] != "teacher" else 0.0,
+        train if s["kind"] not in ("base", "teacher") else 0.0,
     )
 
 

@@ -18,6 +18,7 @@ top-k cache (its key covers teacher weights, data, prompt assembly, k and positi
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import sys
 import time
@@ -26,7 +27,8 @@ from pathlib import Path
 
 from distilltune.compare.config import CompareConfig
 from distilltune.compare.progress import Progress, Stage, StageReporter
-from distilltune.compare.strategies import STRATEGIES, training_order
+from distilltune.compare.recipes import Refs, evaluate_config, stage_weight, student_specs, training_configs
+from distilltune.compare.strategies import TRAINER, Strategy, needs
 from distilltune.compare.students import resolve_student
 from distilltune.compare.subset import write_task_view
 from distilltune.config import to_yaml
@@ -73,132 +75,8 @@ def effective_budgets(task_budgets: Budgets, cfg: CompareConfig) -> Budgets:
     return Budgets(**merged)
 
 
-def _train_settings(cfg: CompareConfig, steps: int):
-    from distilltune.train.config import TrainSettings
-
-    return TrainSettings(
-        max_steps=steps,
-        batch_size=cfg.batch_size,
-        warmup_steps=max(1, steps // 10),
-        max_length=cfg.max_length,
-        # One held-out loss at the end, no generation: the comparison's evaluation is the real
-        # measurement, and answering eval items twice would only cost time.
-        eval_every=0,
-        eval_samples=0,
-        eval_loss_items=min(32, cfg.eval_limit or 32),
-        select_metric="eval_loss",
-        save_every=max(1, steps // 2),
-        keep_last=1,
-        seed=cfg.seed,
-    )
-
-
-def training_configs(
-    cfg: CompareConfig, view: Path, out: Path, student: str | None = None
-) -> dict[str, object]:
-    """The FinetuneConfig / DistillConfig of every strategy to train (validated before anything runs).
-
-    ``student``: the resolved student spec (``students.resolve_student``); default ``cfg.student_spec()``.
-    """
-    from distilltune.distill.config import CacheSettings, DistillConfig
-    from distilltune.distill.sequence import SequenceSettings
-    from distilltune.train.config import FinetuneConfig
-
-    runs = out / "runs"
-    student = student or cfg.student_spec()
-    common = {"task": str(view), "rag": True, "retrieval": cfg.retrieval}
-    make = {
-        "teacher-lora": lambda: FinetuneConfig(
-            **common,
-            model=cfg.teacher,
-            method="lora",
-            output=str(runs / "teacher-lora"),
-            lora=cfg.teacher_lora,
-            train=_train_settings(cfg, cfg.steps.teacher_lora).model_copy(update={"lr": cfg.teacher_lora_lr}),
-        ),
-        "student-ft": lambda: FinetuneConfig(
-            **common,
-            model=student,
-            method="full",
-            output=str(runs / "student-ft"),
-            train=_train_settings(cfg, cfg.steps.student_ft),
-        ),
-        "student-kd": lambda: DistillConfig(
-            **common,
-            teacher=str(runs / "teacher-lora"),
-            student=student,
-            output=str(runs / "student-kd"),
-            mode="cached",
-            loss=cfg.kd_loss,
-            cache=CacheSettings(k=cfg.kd_top_k),
-            train=_train_settings(cfg, cfg.steps.student_kd),
-        ),
-        "student-kd-lora": lambda: FinetuneConfig(
-            **common,
-            model=str(runs / "student-kd"),
-            method="lora",
-            output=str(runs / "student-kd-lora"),
-            train=_train_settings(cfg, cfg.steps.student_kd_lora),
-        ),
-        "student-seqkd": lambda: DistillConfig(
-            **common,
-            teacher=str(runs / "teacher-lora"),
-            student=student,
-            output=str(runs / "student-seqkd"),
-            mode="sequence",
-            # Teacher generation dominates this strategy's cost (24 of ~41 training minutes in a quick
-            # demo answering all 160 prompts), so the quick preset answers a sample.
-            sequence=SequenceSettings(max_new_tokens=cfg.seqkd_max_new_tokens, max_prompts=cfg.seqkd_prompts),
-            train=_train_settings(cfg, cfg.steps.student_seqkd),
-        ),
-    }
-    return {name: make[name]() for name in training_order(cfg.strategies)}
-
-
-def evaluate_config(cfg: CompareConfig, view: Path, out: Path, name: str):
-    from distilltune.evaluation.config import EfficiencySettings, EvaluateConfig
-
-    model = cfg.teacher if name == "teacher" else str(out / "runs" / name)
-    return EvaluateConfig(
-        model=model,
-        task=str(view),
-        output=str(out / "evals" / name),
-        retrieval=cfg.retrieval,
-        teacher_agreement=False,
-        max_new_tokens=cfg.max_new_tokens,
-        efficiency=EfficiencySettings(
-            prompts=cfg.efficiency_prompts,
-            warmup=1,
-            max_new_tokens=cfg.max_new_tokens,
-            time_budget_s=cfg.efficiency_time_budget_s,
-        ),
-    )
-
-
 def _cli_config_command(command: str, config_path: Path) -> str:
     return f"distilltune {command} --config {shlex.quote(str(config_path))}"
-
-
-def _stage_weight(cfg: CompareConfig, name: str, action: str) -> float:
-    """Seconds a stage takes in the quick preset here, scaled by its size; only the ETA uses it."""
-    n_eval = (cfg.eval_limit or 180) + 2 * (cfg.behaviour_limit or 40)
-    teacher_like = name in ("teacher", "teacher-lora")
-    if action == "evaluate":
-        return n_eval * (2.0 if teacher_like else 0.8) + 15
-    per_step = (
-        {
-            "teacher-lora": 6.0,
-            "student-ft": 1.6,
-            "student-kd": 1.6,
-            "student-kd-lora": 1.2,
-            "student-seqkd": 1.6,
-        }[name]
-        * cfg.batch_size
-        / 4
-    )
-    steps = getattr(cfg.steps, name.replace("-", "_"))
-    extra = {"student-kd": 0.4, "student-seqkd": 0.8}.get(name, 0.0) * (cfg.train_limit or 546)
-    return steps * per_step + extra + 15
 
 
 def _read_json(path: Path) -> dict:
@@ -244,9 +122,10 @@ def strategy_result(
 ):
     from distilltune.compare.report import StrategyResult, curve_from_metrics
 
-    s = STRATEGIES[name]
+    table = cfg.table()
+    s = table[name]
     run_dir = out / "runs" / name
-    summary = _read_json(run_dir / "train_summary.json") if name != "teacher" else {}
+    summary = _read_json(run_dir / "train_summary.json") if s.trained else {}
     # Training cost: the whole stage as measured here (model loading, teacher cache or teacher
     # generation included), else the loop's own time.
     times = _read_json(out / STAGE_TIMES)
@@ -266,47 +145,132 @@ def strategy_result(
         wall_s=wall if isinstance(wall, int | float) else None,
         steps=summary.get("final_step"),
         tokens=tokens,
-        curve=curve_from_metrics(read_jsonl(run_dir / "metrics.jsonl")) if name != "teacher" else [],
+        curve=curve_from_metrics(read_jsonl(run_dir / "metrics.jsonl")) if s.trained else [],
         price_per_hour=cfg.price_per_hour,
         currency=cfg.currency,
         reproduce_command=commands.get(f"train {name}") or commands.get(f"evaluate {name}"),
         serve_command=serve_command(cfg, out, name),
-        run_dir=str(run_dir) if name != "teacher" else None,
+        run_dir=str(run_dir) if s.trained else None,
         error=error,
-        train_total_s=_total_train_s(name, times),
+        train_total_s=_total_train_s(table, name, times),
         base=s.base if s.base in cfg.strategies else None,
     )
 
 
-def _total_train_s(name: str, times: dict) -> float | None:
+def _total_train_s(table: dict[str, Strategy], name: str, times: dict) -> float | None:
     """Training wall time of ``name`` plus the runs it starts from (a blend pays for its source)."""
-    if name == "teacher":
+    if not table[name].trained:
         return 0.0
     own = times.get(f"train {name}")
     if not isinstance(own, int | float):
         return None
-    deps = [_total_train_s(d, times) for d in STRATEGIES[name].needs]
+    deps = [_total_train_s(table, d, times) for d in needs(table, name)]
     return None if any(d is None for d in deps) else own + sum(deps)  # type: ignore[arg-type]
 
 
 def serve_command(cfg: CompareConfig, out: Path, name: str) -> str:
-    model = cfg.teacher if name == "teacher" else str(out / "runs" / name)
-    cmd = f"distilltune serve {shlex.quote(model)} --task {shlex.quote(str(out / 'task'))}"
-    if name != "teacher" and name != "teacher-lora":
+    refs = Refs(cfg, cfg.table(), out / "runs")
+    cmd = f"distilltune serve {shlex.quote(refs(name))} --task {shlex.quote(str(out / 'task'))}"
+    if refs.is_student(name):
         # small model first; the fine-tuned teacher answers when the student is unsure
         fallback = out / "runs" / "teacher-lora"
         cmd += f" --fallback {shlex.quote(str(fallback if (fallback / 'adapter').exists() else cfg.teacher))}"
     return cmd
 
 
+def _resolve_students(cfg: CompareConfig, view: Path, out: Path, log) -> dict[str, str]:
+    """Bound student spec → the spec with measured layers, for every student the plan starts from.
+
+    The comparison's own student keeps OUT/student_layers.json; any other (a custom strategy's
+    ``teacher:n_layers=12``) gets its own measurement under OUT/students/<spec>/.
+    """
+    resolved = {}
+    for spec in student_specs(cfg, cfg.table()):
+        if spec == cfg.student_spec():
+            resolved[spec] = resolve_student(cfg, view, out, log)
+        else:
+            where = out / "students" / re.sub(r"[^A-Za-z0-9=_-]+", "_", spec)
+            where.mkdir(parents=True, exist_ok=True)
+            resolved[spec] = resolve_student(cfg.model_copy(update={"student": spec}), view, where, log)
+    return resolved
+
+
+def _write_configs(
+    out: Path, train_cfgs: dict, eval_cfgs: dict, table: dict[str, Strategy]
+) -> dict[str, str]:
+    """configs/*.yaml for every stage, and the command that re-runs each one on its own."""
+    commands: dict[str, str] = {}
+    for name, tc in train_cfgs.items():
+        path = out / "configs" / f"train-{name}.yaml"
+        atomic_write_text(path, to_yaml(tc))
+        commands[f"train {name}"] = _cli_config_command(TRAINER[table[name].kind], path)
+    for name, ec in eval_cfgs.items():
+        path = out / "configs" / f"evaluate-{name}.yaml"
+        atomic_write_text(path, to_yaml(ec))
+        commands[f"evaluate {name}"] = _cli_config_command("evaluate", path)
+    return commands
+
+
+def _eval_state(output: Path) -> str:
+    return "complete" if (output / "eval.json").exists() else "new"
+
+
+def _run_stages(cfg, out: Path, view: Path, train_cfgs: dict, eval_cfgs: dict, log) -> dict[str, str]:
+    """Train then evaluate through the shared orchestrator; strategy → error of its first failed stage."""
+    from distilltune.distill.orchestrate import Hooks, Job, Runner, run_jobs
+    from distilltune.evaluation.evaluate import evaluate
+
+    table = cfg.table()
+    refs = Refs(cfg, table, out / "runs")
+    task = load_task(view)
+    n_train, n_eval = len(task.train), len(task.eval) + len(task.scenarios) + len(task.adversarial)
+    jobs = [
+        Job(f"train {n}", TRAINER[table[n].kind], tc, Path(tc.output),
+            needs=tuple(f"train {d}" for d in needs(table, n)), reporter=StageReporter(n, log))
+        for n, tc in train_cfgs.items()
+    ] + [
+        Job(f"evaluate {n}", "evaluate", ec, Path(ec.output),
+            needs=(f"train {n}",) if n in train_cfgs else (), reporter=StageReporter(n, log))
+        for n, ec in eval_cfgs.items()
+    ]  # fmt: skip
+    stages = []
+    for job in jobs:
+        action, name = job.name.split(" ", 1)
+        weight = stage_weight(cfg, refs, name, action, n_train, n_eval, train_cfgs.get(name))
+        stages.append(Stage(name, action, weight))
+    progress = Progress(stages, log)
+
+    def end(job: Job, outcome) -> None:
+        stage = stages[jobs.index(job)]
+        if outcome.error and not outcome.blocked_by:
+            log(f"  {stage.strategy}: {stage.action} failed: {outcome.error}")
+        if outcome.seconds:  # it ran (a skipped or blocked stage did not)
+            times = _read_json(out / STAGE_TIMES)
+            times[job.name] = times.get(job.name, 0.0) + outcome.seconds
+            atomic_write_text(out / STAGE_TIMES, json.dumps(times, indent=2) + "\n")
+        progress.end(stage, skipped=outcome.state == "complete")
+
+    hooks = Hooks(
+        begin=lambda i, job, state: progress.begin(i, stages[i - 1], skipped=state == "complete"),
+        end=end,
+        extra={"evaluate": Runner(lambda ec, resume, rep: evaluate(ec, log=rep.message), _eval_state)},
+    )
+    outcomes = run_jobs(jobs, hooks, keep_going=True)
+    errors: dict[str, str] = {}
+    for job in jobs:  # a strategy's first failure is its error (training before evaluation)
+        action, name = job.name.split(" ", 1)
+        o = outcomes[job.name]
+        if o.blocked_by and name not in errors:
+            errors[name] = f"not trained: it needs {o.blocked_by.split(' ', 1)[1]}, which failed"
+        elif o.error and name not in errors:
+            errors[name] = f"{action} failed: {o.error}"
+    return errors
+
+
 def run_compare(cfg: CompareConfig, log: Callable[[str], None] | None = None) -> dict:
     """Run (or resume) the comparison described by ``cfg``; returns the report dict."""
     from distilltune.compare.report import build_report
-    from distilltune.distill.distill import run_distill
-    from distilltune.evaluation.evaluate import evaluate
     from distilltune.runtime import set_threads
-    from distilltune.train.artifacts import is_complete
-    from distilltune.train.finetune import run_finetune
 
     def _stderr(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
@@ -318,77 +282,23 @@ def run_compare(cfg: CompareConfig, log: Callable[[str], None] | None = None) ->
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", to_yaml(cfg))
     view = prepare_view(cfg, out)
-    needs_student = set(training_order(cfg.strategies)) - {"teacher-lora"}
-    student = resolve_student(cfg, view, out, log) if needs_student else None
-    train_cfgs = training_configs(cfg, view, out, student)  # every config problem before any weight moves
-    eval_cfgs = {name: evaluate_config(cfg, view, out, name) for name in cfg.strategies}
-    for name, tc in train_cfgs.items():
-        atomic_write_text(out / "configs" / f"train-{name}.yaml", to_yaml(tc))
-    for name, ec in eval_cfgs.items():
-        atomic_write_text(out / "configs" / f"evaluate-{name}.yaml", to_yaml(ec))
-    commands: dict[str, str] = {}
-    for name, tc in train_cfgs.items():
-        verb = "finetune" if type(tc).__name__ == "FinetuneConfig" else "distill"
-        commands[f"train {name}"] = _cli_config_command(verb, out / "configs" / f"train-{name}.yaml")
-    for name in cfg.strategies:
-        commands[f"evaluate {name}"] = _cli_config_command(
-            "evaluate", out / "configs" / f"evaluate-{name}.yaml"
-        )
-
-    errors: dict[str, str] = {}
-
-    def train(name: str) -> None:
-        blocked = [d for d in STRATEGIES[name].needs if d in errors]
-        if blocked:
-            errors[name] = f"not trained: it needs {blocked[0]}, which failed"
-            return
-        tc = train_cfgs[name]
-        reporter = StageReporter(name, log)
-        runner = run_finetune if type(tc).__name__ == "FinetuneConfig" else run_distill
-        runner(tc, resume=True, reporter=reporter)
-
-    def evaluate_one(name: str) -> None:
-        if name in errors:
-            return
-        evaluate(eval_cfgs[name], log=lambda m: log(f"  {name}: {m}"))
-
-    stages = [Stage(n, "train", _stage_weight(cfg, n, "train"), lambda n=n: train(n)) for n in train_cfgs]
-    stages += [
-        Stage(n, "evaluate", _stage_weight(cfg, n, "evaluate"), lambda n=n: evaluate_one(n))
-        for n in cfg.strategies
-    ]
-    progress = Progress(stages, log)
+    students = _resolve_students(cfg, view, out, log)
+    table = cfg.table()
+    train_cfgs = training_configs(cfg, view, out, students)  # every config problem before any weight moves
+    refs = Refs(cfg, table, out / "runs", students)
+    eval_cfgs = {name: evaluate_config(cfg, view, out, name, refs) for name in cfg.strategies}
+    commands = _write_configs(out, train_cfgs, eval_cfgs, table)
     log(
         f"comparing {len(cfg.strategies)} strategies on {task.name!r} ({cfg.preset} preset): "
         f"{', '.join(cfg.strategies)}; output in {out}"
     )
-    for i, stage in enumerate(stages, start=1):
-        if stage.action == "train":
-            done = is_complete(out / "runs" / stage.strategy)
-        else:
-            done = (out / "evals" / stage.strategy / "eval.json").exists()
-        progress.begin(i, stage, skipped=done)
-        if not done:
-            t0 = time.perf_counter()
-            try:
-                stage.run()
-            except UserError:
-                raise
-            except Exception as e:  # one failed strategy must not sink the comparison
-                errors[stage.strategy] = f"{stage.action} failed: {type(e).__name__}: {e}"
-                log(f"  {stage.strategy}: {errors[stage.strategy]}")
-            finally:
-                times = _read_json(out / STAGE_TIMES)
-                key = f"{stage.action} {stage.strategy}"
-                times[key] = times.get(key, 0.0) + time.perf_counter() - t0
-                atomic_write_text(out / STAGE_TIMES, json.dumps(times, indent=2) + "\n")
-        progress.end(stage, skipped=done)
-
+    started = time.perf_counter()
+    errors = _run_stages(cfg, out, view, train_cfgs, eval_cfgs, log)
     teacher_answers = _eval_answers(out, "teacher") if "teacher" in cfg.strategies else {}
     results = [strategy_result(cfg, out, n, errors.get(n), commands, teacher_answers) for n in cfg.strategies]
     commands = {"compare (this report)": _cli_config_command("compare", out / "config.yaml"), **commands}
     report = build_report(results, effective_budgets(task.spec.budgets, cfg), task.name, out, commands)
     log(
-        f"report: {out / 'report.html'} (also report.md, report.json) — total {Progress._fmt(time.perf_counter() - progress.started)}"
+        f"report: {out / 'report.html'} (also report.md, report.json) — total {Progress._fmt(time.perf_counter() - started)}"
     )
     return report

@@ -16,8 +16,9 @@ body is exactly the config of ``distilltune finetune`` / ``distilltune distill``
 same typed models, every problem of every step reported at once, before anything runs). Relative
 paths are relative to the working directory, as on the command line.
 
-``run_pipeline`` runs the steps in order: a step whose output is complete is skipped, one that was
-interrupted (its run dir has a config or checkpoints) is resumed, the rest start fresh.
+``run_pipeline`` runs the steps with the orchestrator ``compare`` uses too (``distill.orchestrate``):
+a step whose output is complete is skipped, one that was interrupted (its run dir has a config or
+checkpoints) is resumed, the rest start fresh; the first failure stops the pipeline.
 """
 
 from __future__ import annotations
@@ -175,39 +176,41 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipel
 
 def step_state(step: Step) -> str:
     """ "complete" | "interrupted" | "new"."""
-    from distilltune.train.artifacts import is_complete
-    from distilltune.train.checkpoint import list_checkpoints
+    from distilltune.distill.orchestrate import training_state
 
-    if is_complete(step.output):
-        return "complete"
-    if (step.output / "config.yaml").exists() or list_checkpoints(step.output):
-        return "interrupted"
-    return "new"
+    return training_state(step.output)
 
 
 def run_pipeline(pipe: Pipeline, reporter=None) -> dict[str, Path]:
     """Run every step in order (skip complete, resume interrupted); returns step name → run dir."""
+    from distilltune.distill.orchestrate import Hooks, Job, run_jobs
     from distilltune.train.progress import LineReporter
 
     reporter = reporter or LineReporter()
-    done: dict[str, Path] = {}
-    for i, step in enumerate(pipe.steps, start=1):
-        state = step_state(step)
-        head = f"[{pipe.name} {i}/{len(pipe.steps)}] {step.name} ({step.kind})"
+    n = len(pipe.steps)
+    kinds = {s.name: s.kind for s in pipe.steps}
+
+    def begin(i: int, job: Job, state: str) -> None:
+        head = f"[{pipe.name} {i}/{n}] {job.name} ({kinds[job.name]})"
         if state == "complete":
-            reporter.message(f"{head}: complete in {step.output}, skipped")
-            done[step.name] = step.output
-            continue
-        reporter.message(f"{head}: {'resuming' if state == 'interrupted' else 'starting'} -> {step.output}")
-        if step.kind == "finetune":
-            from distilltune.train.finetune import run_finetune
-
-            done[step.name] = run_finetune(step.config, resume=state == "interrupted", reporter=reporter)
+            reporter.message(f"{head}: complete in {job.output}, skipped")
         else:
-            from distilltune.distill.distill import run_distill
+            reporter.message(
+                f"{head}: {'resuming' if state == 'interrupted' else 'starting'} -> {job.output}"
+            )
 
-            done[step.name] = run_distill(step.config, resume=state == "interrupted", reporter=reporter)
-            if step.config.mode == "sequence" and step.config.sequence.generate_only:
-                reporter.message(f"{head}: sequence.generate_only is set; stopping the pipeline for review")
-                break
-    return done
+    jobs = [
+        Job(
+            s.name,
+            s.kind,
+            s.config,
+            s.output,
+            stop_after=f"[{pipe.name} {i}/{n}] {s.name} ({s.kind}): sequence.generate_only is set; "
+            "stopping the pipeline for review"
+            if s.kind == "distill" and s.config.mode == "sequence" and s.config.sequence.generate_only
+            else None,
+        )
+        for i, s in enumerate(pipe.steps, start=1)
+    ]
+    outcomes = run_jobs(jobs, Hooks(begin=begin, message=reporter.message), reporter=reporter)
+    return {name: o.output for name, o in outcomes.items() if o.output is not None}
