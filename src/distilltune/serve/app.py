@@ -12,6 +12,9 @@ Retry-After (queue full), 504 (per-request timeout). Bad input is never a 5xx: t
 those. The request body is parsed here rather than by FastAPI so the error shape and the status codes
 are ours, and error messages never echo request content or exception internals.
 
+With ``--candidate`` each request for MODEL's id gets an arm (``serve/ab.py``), named in the
+``X-Distilltune-Arm`` header and the log.
+
 Each request writes one row to the request log and updates the metrics, whatever its outcome
 (status 499 when the client went away mid-stream).
 """
@@ -33,6 +36,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from distilltune.inference import ROUTE_REFUSED_INPUT, ROUTE_REFUSED_OUTPUT
+from distilltune.serve.ab import ABRouter
 from distilltune.serve.intake import LOOPBACK_NAMES, check_browser_safety, parse_request, read_body
 from distilltune.serve.loading import ServerState
 from distilltune.serve.openai_types import APIError, chunk, completion, new_id
@@ -43,6 +47,7 @@ log = logging.getLogger("distilltune.serve")
 
 ROUTE_HEADER = "X-Distilltune-Route"
 CITATIONS_HEADER = "X-Distilltune-Citations"
+ARM_HEADER = "X-Distilltune-Arm"
 
 
 def _error_response(e: APIError, request_id: str | None = None) -> JSONResponse:
@@ -79,6 +84,7 @@ async def _next(events: AsyncIterator, deadline: float, timeout_s: float):
 def create_app(state: ServerState, manage_lifecycle: bool = True) -> FastAPI:
     """The ASGI app; with ``manage_lifecycle`` the engines start and stop with the app."""
     pipeline = RequestPipeline(state)
+    ab = ABRouter(state, pipeline)  # --candidate: A/B arms or shadow copies (serve/ab.py)
     cfg = state.config
     metrics = state.metrics
     allowed_hosts = {*LOOPBACK_NAMES, cfg.host.lower(), *(h.lower() for h in cfg.limits.allowed_hosts)}
@@ -90,6 +96,7 @@ def create_app(state: ServerState, manage_lifecycle: bool = True) -> FastAPI:
         try:
             yield
         finally:
+            await ab.close()
             if manage_lifecycle:
                 state.stop()
 
@@ -101,6 +108,7 @@ def create_app(state: ServerState, manage_lifecycle: bool = True) -> FastAPI:
         openapi_url=None,
     )
     app.state.server = state
+    app.state.ab = ab
 
     @app.exception_handler(APIError)
     async def _api_error(_request: Request, e: APIError):
@@ -157,13 +165,12 @@ def create_app(state: ServerState, manage_lifecycle: bool = True) -> FastAPI:
         if any(r.startswith("pii:") for r in rec.output_reasons):
             metrics.redactions.labels("output").inc()
         state.log.write(rec)
+        ab.finished(rec)
 
     @app.get("/health")
     async def health():
         """503 when an engine or the request log's writer has stopped (why: the operator's log)."""
-        engines = {"student": state.student.engine}
-        if state.fallback is not None:
-            engines["fallback"] = state.fallback.engine
+        engines = {role: slot.engine for role, slot in state.slots().items()}
         body = {
             "status": "ok",
             "models": list(state.models),
@@ -219,7 +226,7 @@ def create_app(state: ServerState, manage_lifecycle: bool = True) -> FastAPI:
                 await read_body(request, cfg.limits.max_body_bytes, cfg.limits.body_timeout_s)
             )
             rec.stream = req.stream
-            served = pipeline.resolve(req)
+            served = ab.assign(req, request, pipeline.resolve(req), rec)
             rec.model, rec.adapter = req.model, served.adapter
             max_tokens = pipeline.check(req)
             events = pipeline.run(req, served, max_tokens, rec, stream=req.stream)
@@ -240,6 +247,7 @@ def create_app(state: ServerState, manage_lifecycle: bool = True) -> FastAPI:
             "X-Request-Id": cid,
             ROUTE_HEADER: start.route,
             CITATIONS_HEADER: _citation_header(start.citations),
+            **({ARM_HEADER: rec.arm} if rec.arm else {}),
         }
         created = int(rec.ts)
         if req.stream:
