@@ -11,6 +11,7 @@ import sys
 import typer
 
 from distilltune.cli import (
+    ab_cmd,
     compare_cmd,
     distill_cmd,
     evaluate_cmd,
@@ -45,6 +46,7 @@ index_cmd.register(app)
 guard_cmd.register(app)
 compare_cmd.register(app)
 monitor_cmd.register(app)
+ab_cmd.register(app)
 export_cmd.register(app)
 
 
