@@ -78,6 +78,19 @@ def test_config_needs_a_candidate_and_a_split_below_one():
     assert ServeConfig(**base, candidate="c", ab={"shadow": True}).ab.share == 1.0
 
 
+def test_serve_cli_fills_the_ab_config(tmp_path, capsys):
+    from cli_run import run_cli
+
+    code, out, err = run_cli(
+        capsys, "serve", "m", "--task", str(TINY_TASK), "--candidate", "c", "--shadow", "--split", "0.25",
+        "--print-config",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "candidate: c" in out and "shadow: true" in out and "split: 0.25" in out
+    code, _, err = run_cli(capsys, "serve", "m", "--task", str(TINY_TASK), "--shadow", "--print-config")
+    assert code == 2 and "need a candidate" in " ".join(err.split())
+
+
 # ---- the log ----------------------------------------------------------------------------------
 
 

@@ -114,7 +114,7 @@ def register(app: typer.Typer) -> None:
             "mirrored to it (default 1).",
         ),
         shadow: bool = typer.Option(
-            None, "--shadow", help="Run the candidate on a copy of the traffic; only MODEL answers."
+            False, "--shadow", help="Run the candidate on a copy of the traffic; only MODEL answers."
         ),
         log_db: Path = typer.Option(None, "--log-db", help="Request log (default distilltune-requests.db)."),
         config: Path = CONFIG_OPT,
@@ -137,7 +137,7 @@ def register(app: typer.Typer) -> None:
                 "adapters": parse_adapters(adapter),
                 "teacher": teacher,
                 "candidate": candidate,
-                **nested("ab", split=split, shadow=shadow),
+                **nested("ab", split=split, shadow=shadow or None),  # unset: a config file's value stands
                 "log_db": str(log_db) if log_db else None,
             },
             overrides,
