@@ -235,7 +235,14 @@ def test_ab_server_routes_each_user_to_one_arm_and_logs_it(models, tmp_path):
     assert answers["live"] != answers["candidate"]
     assert [r["arm"] for r in rows[: 2 * len(users)]] == [expected[u] for u in users + users]
     assert all(r["shadow_of"] is None and r["route"] == "student" for r in rows)
-    assert all("user-" not in (r["prompt"] or "") for r in rows)  # the user key is never logged
+    assert all("user-" not in str(r) for r in rows)  # the user key is never logged
+    # ... and ab reads both arms back from the server's own log.
+    from distilltune.monitor.ab import run_ab
+
+    rep = run_ab(tmp_path / "ab.db")
+    assert rep["shadow"] is None
+    for arm in ("live", "candidate"):
+        assert rep["ab"]["arms"][arm]["requests"] == sum(r["arm"] == arm for r in rows)
 
 
 def test_shadow_server_answers_with_live_and_logs_the_candidates_copies(models, tmp_path):
@@ -262,6 +269,12 @@ def test_shadow_server_answers_with_live_and_logs_the_candidates_copies(models, 
         assert r["answer"] == ab_cand["choices"][0]["message"]["content"]  # the candidate's greedy answer
         assert r["ts"] >= live_rows[r["shadow_of"]]["ts"]
     assert all(r["answer"] == live_text for r in live_rows.values())
+    from distilltune.monitor.ab import run_ab
+
+    sh = run_ab(tmp_path / "shadow.db")["shadow"]
+    assert (sh["copies"], sh["pairs"]) == (4, 4)
+    same = ab_cand["choices"][0]["message"]["content"].strip().lower() == live_text.strip().lower()
+    assert sh["agreement"]["exact_match"]["mean"] == float(same)
 
 
 def _cand(user: str) -> bool:
