@@ -42,7 +42,7 @@ def _classical_ever_rejects(x: np.ndarray, b: np.ndarray, binary: bool) -> np.nd
 
 @pytest.mark.parametrize(
     "share,kind",
-    [(0.5, "rate"), (0.1, "rate"), (0.1, "latency")],
+    [(0.5, "rate"), (0.1, "rate"), (0.1, "rare"), (0.1, "latency")],
 )
 def test_always_valid_p_holds_alpha_under_peeking_where_a_repeated_z_test_does_not(share, kind):
     from distilltune.monitor.ab import _scale
@@ -50,8 +50,9 @@ def test_always_valid_p_holds_alpha_under_peeking_where_a_repeated_z_test_does_n
 
     sims = 300
     rng = np.random.default_rng(11)
-    if kind == "rate":  # A/A: both arms escalate 20 % of the time
-        x = (rng.random((sims, N)) < 0.2).astype(np.float64)
+    if kind in ("rate", "rare"):  # A/A: both arms escalate 20 % (refuse 2 %) of the time
+        x = (rng.random((sims, N)) < (0.2 if kind == "rate" else 0.02)).astype(np.float64)
+        kind = "rate"
     else:  # A/A: the same skewed latency distribution in both arms
         x = rng.lognormal(5.0, 1.0, (sims, N))
     b = rng.random((sims, N)) < share

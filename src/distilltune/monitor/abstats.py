@@ -108,7 +108,11 @@ def two_sample_sequential(
     tau = None
     if ok.any():
         first = np.flatnonzero(ok)[0]
-        tau = tau_sd * float(sd[first]) if np.isfinite(sd[first]) else None
+        scale = float(sd[first]) if np.isfinite(sd[first]) else 0.0
+        if binary and scale == 0:  # a rare event not yet seen (refusals): the scale of one in the burn-in
+            p0 = 1.0 / (na[first] + nb[first])
+            scale = math.sqrt(p0 * (1 - p0))
+        tau = tau_sd * scale if scale > 0 else None
         ok[first] = False  # the burn-in fixes τ and is not itself tested
     return _verdict(d, v, ok, tau, alpha)
 
