@@ -11,6 +11,7 @@ import sys
 import typer
 
 from distilltune.cli import (
+    ab_cmd,
     compare_cmd,
     distill_cmd,
     evaluate_cmd,
@@ -47,6 +48,7 @@ guard_cmd.register(app)
 compare_cmd.register(app)
 monitor_cmd.register(app)
 flywheel_cmd.register(app)
+ab_cmd.register(app)
 export_cmd.register(app)
 
 

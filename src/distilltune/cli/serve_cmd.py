@@ -14,7 +14,15 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from distilltune.cli.common import CONFIG_OPT, OVERRIDES_ARG, PRINT_CONFIG_OPT, build_config, console, out
+from distilltune.cli.common import (
+    CONFIG_OPT,
+    OVERRIDES_ARG,
+    PRINT_CONFIG_OPT,
+    build_config,
+    console,
+    nested,
+    out,
+)
 from distilltune.errors import UserError
 
 
@@ -96,6 +104,18 @@ def register(app: typer.Typer) -> None:
             None, "--adapter", help="Extra LoRA adapter on MODEL's base, NAME=DIR (repeatable)."
         ),
         teacher: str = typer.Option(None, "--teacher", help="Resolves 'teacher' in student specs."),
+        candidate: str = typer.Option(
+            None, "--candidate", help="A second model tested on live traffic (A/B, or --shadow)."
+        ),
+        split: float = typer.Option(
+            None,
+            "--split",
+            help="Share of users (hashed) the candidate answers (default 0.1); with --shadow, the share "
+            "mirrored to it (default 1).",
+        ),
+        shadow: bool = typer.Option(
+            False, "--shadow", help="Run the candidate on a copy of the traffic; only MODEL answers."
+        ),
         log_db: Path = typer.Option(None, "--log-db", help="Request log (default distilltune-requests.db)."),
         config: Path = CONFIG_OPT,
         print_config: bool = PRINT_CONFIG_OPT,
@@ -116,6 +136,8 @@ def register(app: typer.Typer) -> None:
                 "api_key_env": api_key_env,
                 "adapters": parse_adapters(adapter),
                 "teacher": teacher,
+                "candidate": candidate,
+                **nested("ab", split=split, shadow=shadow or None),  # unset: a config file's value stands
                 "log_db": str(log_db) if log_db else None,
             },
             overrides,
@@ -135,6 +157,9 @@ def register(app: typer.Typer) -> None:
             f"{m.id}" + (f" (adapter of {m.parent})" if m.adapter and m.parent else "")
             for m in state.models.values()
         )
+        if state.candidate is not None:
+            mode = "shadow copies of" if cfg.ab.shadow else "answers"
+            console.print(f"candidate {cfg.candidate}: {mode} {cfg.ab.share:.0%} of users (hashed)")
         console.print(f"models: {ids}; batching up to {cfg.batching.max_batch} sequences, {threads} threads")
         if cfg.host not in ("127.0.0.1", "localhost", "::1") and state.api_key is None:
             console.print(

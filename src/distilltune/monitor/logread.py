@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from distilltune.errors import UserError
+from distilltune.serve.requestlog import live_rows_clause
 
 NEEDED = (
     "id", "ts", "status", "route", "prompt", "answer", "confidence", "retrieval_score",
@@ -110,12 +111,13 @@ def read_log(path: str | Path, since_s: float | None = None) -> list[Request]:
     p = Path(path)
     con = _open(p)
     try:
-        (newest,) = con.execute("SELECT MAX(ts) FROM requests").fetchone()
+        live = live_rows_clause(con)  # shadow copies (serve --shadow) answered nobody
+        (newest,) = con.execute(f"SELECT MAX(ts) FROM requests WHERE {live}").fetchone()
         if newest is None:
             raise UserError(f"{p}: the request log holds no requests yet")
         lo = newest - since_s if since_s else -math.inf
         rows = con.execute(
-            f"SELECT {', '.join(NEEDED)} FROM requests WHERE ts >= ? ORDER BY ts, id", (lo,)
+            f"SELECT {', '.join(NEEDED)} FROM requests WHERE ts >= ? AND {live} ORDER BY ts, id", (lo,)
         ).fetchall()
     except sqlite3.DatabaseError as e:
         raise UserError(f"{p}: cannot read the request log ({e})") from None

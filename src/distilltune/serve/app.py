@@ -12,6 +12,9 @@ Retry-After (queue full), 504 (per-request timeout). Bad input is never a 5xx: t
 those. The request body is parsed here rather than by FastAPI so the error shape and the status codes
 are ours, and error messages never echo request content or exception internals.
 
+With ``--candidate`` each request for MODEL's id gets an arm (``serve/ab.py``), named in the
+``X-Distilltune-Arm`` header and the log.
+
 Each request writes one row to the request log and updates the metrics, whatever its outcome
 (status 499 when the client went away mid-stream).
 """
@@ -34,6 +37,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from distilltune.inference import ROUTE_REFUSED_INPUT, ROUTE_REFUSED_OUTPUT
 from distilltune.serve import feedback
+from distilltune.serve.ab import ABRouter
 from distilltune.serve.intake import LOOPBACK_NAMES, check_browser_safety, parse_request, read_body
 from distilltune.serve.loading import ServerState
 from distilltune.serve.openai_types import APIError, chunk, completion, new_id
@@ -44,6 +48,7 @@ log = logging.getLogger("distilltune.serve")
 
 ROUTE_HEADER = "X-Distilltune-Route"
 CITATIONS_HEADER = "X-Distilltune-Citations"
+ARM_HEADER = "X-Distilltune-Arm"
 
 
 def _error_response(e: APIError, request_id: str | None = None) -> JSONResponse:
@@ -80,6 +85,7 @@ async def _next(events: AsyncIterator, deadline: float, timeout_s: float):
 def create_app(state: ServerState, manage_lifecycle: bool = True) -> FastAPI:
     """The ASGI app; with ``manage_lifecycle`` the engines start and stop with the app."""
     pipeline = RequestPipeline(state)
+    ab = ABRouter(state, pipeline)  # --candidate: A/B arms or shadow copies (serve/ab.py)
     cfg = state.config
     metrics = state.metrics
     allowed_hosts = {*LOOPBACK_NAMES, cfg.host.lower(), *(h.lower() for h in cfg.limits.allowed_hosts)}
@@ -91,6 +97,7 @@ def create_app(state: ServerState, manage_lifecycle: bool = True) -> FastAPI:
         try:
             yield
         finally:
+            await ab.close()
             if manage_lifecycle:
                 state.stop()
 
@@ -103,6 +110,7 @@ def create_app(state: ServerState, manage_lifecycle: bool = True) -> FastAPI:
     )
     app.state.server = state
     feedback.register(app, state)  # POST /v1/feedback (serve/feedback.py)
+    app.state.ab = ab
 
     @app.exception_handler(APIError)
     async def _api_error(_request: Request, e: APIError):
@@ -160,13 +168,12 @@ def create_app(state: ServerState, manage_lifecycle: bool = True) -> FastAPI:
             metrics.redactions.labels("output").inc()
         metrics.signals.observe(rec)
         state.log.write(rec)
+        ab.finished(rec)
 
     @app.get("/health")
     async def health():
         """503 when an engine or the request log's writer has stopped (why: the operator's log)."""
-        engines = {"student": state.student.engine}
-        if state.fallback is not None:
-            engines["fallback"] = state.fallback.engine
+        engines = {role: slot.engine for role, slot in state.slots().items()}
         body = {
             "status": "ok",
             "models": list(state.models),
@@ -222,7 +229,7 @@ def create_app(state: ServerState, manage_lifecycle: bool = True) -> FastAPI:
                 await read_body(request, cfg.limits.max_body_bytes, cfg.limits.body_timeout_s)
             )
             rec.stream = req.stream
-            served = pipeline.resolve(req)
+            served = ab.assign(req, request, pipeline.resolve(req), rec)
             rec.model, rec.adapter = req.model, served.adapter
             max_tokens = pipeline.check(req)
             events = pipeline.run(req, served, max_tokens, rec, stream=req.stream)
@@ -243,6 +250,7 @@ def create_app(state: ServerState, manage_lifecycle: bool = True) -> FastAPI:
             "X-Request-Id": cid,
             ROUTE_HEADER: start.route,
             CITATIONS_HEADER: _citation_header(start.citations),
+            **({ARM_HEADER: rec.arm} if rec.arm else {}),
         }
         created = int(rec.ts)
         if req.stream:

@@ -51,11 +51,44 @@ class Generation(StrictModel):
     )
 
 
+class ABConfig(StrictModel):
+    """A/B or shadow serving of ``candidate`` next to MODEL (``serve/ab.py``, docs/ab.md)."""
+
+    split: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="share of users routed to (A/B) or mirrored to (shadow) the candidate; "
+        "default 0.1 for A/B, 1.0 for shadow",
+    )
+    shadow: bool = Field(
+        default=False, description="run the candidate on a copy of the traffic; only MODEL answers"
+    )
+    user_header: str = Field(
+        default="X-Distilltune-User",
+        pattern=r"^[A-Za-z0-9-]{1,64}$",
+        description="header naming the user when the request has no 'user' field",
+    )
+    salt: str = Field(
+        default="distilltune-ab", min_length=1, description="hash salt: change it to re-draw the arms"
+    )
+    shadow_queue: int = Field(default=32, ge=1, description="shadow copies waiting; more are dropped")
+    shadow_workers: int = Field(default=1, ge=1, le=16, description="shadow copies generated at once")
+
+    @property
+    def share(self) -> float:
+        return self.split if self.split is not None else (1.0 if self.shadow else 0.1)
+
+
 class ServeConfig(StrictModel):
     model: str = Field(description="student/base model reference (dir, run dir, built-in, spec)")
     task: str = Field(description="task directory: system prompt, knowledge, policy")
     fallback: str | None = Field(default=None, description="model that answers when the student is unsure")
     teacher: str | None = Field(default=None, description="resolves 'teacher' in student specs")
+    candidate: str | None = Field(
+        default=None, description="model tested against MODEL on live traffic (A/B or shadow)"
+    )
+    ab: ABConfig = ABConfig()
     served_name: str | None = Field(
         default=None, description="model id of MODEL in the API (default: derived)"
     )
@@ -93,4 +126,10 @@ class ServeConfig(StrictModel):
             )
         if self.served_name is not None and self.served_name in self.adapters:
             raise ValueError(f"served_name {self.served_name!r} is also an adapter name")
+        if self.candidate is None and (self.ab.shadow or self.ab.split is not None):
+            raise ValueError("ab.split and ab.shadow need a candidate model (--candidate)")
+        if self.candidate is not None and not self.ab.shadow and self.ab.share >= 1:
+            raise ValueError(
+                "ab.split must be below 1 in an A/B test (to send all traffic to the candidate, serve it as MODEL)"
+            )
         return self

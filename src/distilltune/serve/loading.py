@@ -4,7 +4,8 @@ Model ids in the API follow vLLM's convention: MODEL is served under ``served_na
 ``--adapter name=DIR`` is a LoRA adapter loaded onto the same base weights (PEFT ``load_adapter``)
 and served as ``name`` with MODEL's base as its parent. One engine (one worker, one copy of the
 weights) serves them all, batching requests per adapter. The ``--fallback`` model gets an engine of
-its own.
+its own, and so does a ``--candidate`` (A/B or shadow serving, ``serve/ab.py``): the two arms are two
+engines behind the one request path.
 
 Every problem an operator can fix (missing files, a bad adapter, an unset API-key variable) is a
 ``UserError`` raised before the server binds its port.
@@ -34,7 +35,7 @@ class ModelSlot:
     """One engine and what talks to it: the tokenizer (guarded by a lock; HF tokenizers are not
     safe to call from several threads at once) and the stop tokens."""
 
-    role: str  # "student" | "fallback"
+    role: str  # "student" | "fallback" | "candidate"
     ref: str
     engine: Engine
     tokenizer: object
@@ -63,16 +64,24 @@ class ServerState:
     metrics: ServerMetrics
     log: RequestLog
     api_key: str | None = None
+    candidate: ServedModel | None = None  # answers MODEL's id for the candidate arm
+
+    def slots(self) -> dict[str, ModelSlot]:
+        """Every engine's slot by role (``/health`` reports each)."""
+        out = {"student": self.student}
+        if self.fallback is not None:
+            out["fallback"] = self.fallback
+        if self.candidate is not None:
+            out["candidate"] = self.candidate.slot
+        return out
 
     def start(self) -> None:
-        self.student.engine.start()
-        if self.fallback is not None:
-            self.fallback.engine.start()
+        for slot in self.slots().values():
+            slot.engine.start()
 
     def stop(self) -> None:
-        self.student.engine.stop()
-        if self.fallback is not None:
-            self.fallback.engine.stop()
+        for slot in self.slots().values():
+            slot.engine.stop()
         self.log.close()
 
 
@@ -235,4 +244,11 @@ def build_state(cfg: ServeConfig) -> ServerState:
     models = {served_name: ServedModel(served_name, student, student_ids[served_name], parent_of_primary)}
     for a in adapter_names:
         models[a] = ServedModel(a, student, a, parent_of_primary or served_name)
-    return ServerState(cfg, task, path.guard, path.prompter, student, fallback, models, metrics, log, api_key)
+    candidate = None
+    if cfg.candidate:
+        # Not a model id of its own: it answers requests for MODEL's id in the candidate arm.
+        slot, cand_ids = load_slot("candidate", cfg.candidate, cfg, metrics)
+        candidate = ServedModel(served_name, slot, next(iter(cand_ids.values())), parent_of_primary)
+    return ServerState(
+        cfg, task, path.guard, path.prompter, student, fallback, models, metrics, log, api_key, candidate
+    )

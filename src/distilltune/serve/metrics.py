@@ -75,6 +75,15 @@ class ServerMetrics:
             buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32),
             registry=r,
         )
+        self.ab_requests = Counter(
+            "distilltune_ab_requests",
+            "Requests for MODEL's id by A/B arm and the key that placed them (user | header | address)",
+            ["arm", "user_key"],
+            registry=r,
+        )
+        self.shadow = Counter(
+            "distilltune_shadow", "Shadow copies by outcome (done | error | dropped)", ["outcome"], registry=r
+        )
         self._queue_depth = Gauge(
             "distilltune_queue_depth", "Requests waiting for a batch slot", ["engine"], registry=r
         )

@@ -22,7 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: arm, shadow_of (added to older logs on open)
 log = logging.getLogger("distilltune.serve")
 
 COLUMNS: list[tuple[str, str]] = [
@@ -50,6 +50,8 @@ COLUMNS: list[tuple[str, str]] = [
     ("ttft_ms", "REAL"),  # request arrival → first content byte released
     ("latency_ms", "REAL"),  # request arrival → last byte
     ("error", "TEXT"),  # error type/message (never request content)
+    ("arm", "TEXT"),  # A/B: live | candidate | shadow; NULL when no candidate is served (serve/ab.py)
+    ("shadow_of", "TEXT"),  # shadow rows: the id of the live request they copy
 ]
 
 
@@ -79,6 +81,8 @@ class LogRecord:
     ttft_ms: float | None = None
     latency_ms: float | None = None
     error: str | None = None
+    arm: str | None = None
+    shadow_of: str | None = None
 
     def row(self) -> tuple:
         """The SQLite row. Text that UTF-8 cannot encode (lone surrogates) is replaced, never raised:
@@ -103,13 +107,33 @@ def connect(path: str | Path, create: bool = True) -> sqlite3.Connection:
     if create:
         cols = ", ".join(f"{n} {t}" for n, t in COLUMNS)
         con.execute(f"CREATE TABLE IF NOT EXISTS requests ({cols})")
+        _add_missing_columns(con)
         con.execute("CREATE INDEX IF NOT EXISTS requests_ts ON requests(ts)")
         con.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
         con.execute(
-            "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
         )
         con.commit()
     return con
+
+
+def _add_missing_columns(con: sqlite3.Connection) -> None:
+    """Migrate a log written by an older server: add the columns it lacks (NULL in its old rows).
+
+    Additive only, so an older reader still finds every column it knows; rows are inserted by
+    column name, so the columns' order in an upgraded file does not matter.
+    """
+    have = {r[1] for r in con.execute("PRAGMA table_info(requests)").fetchall()}
+    for name, kind in COLUMNS:
+        if name not in have:
+            con.execute(f"ALTER TABLE requests ADD COLUMN {name} {kind}")
+
+
+def live_rows_clause(con: sqlite3.Connection) -> str:
+    """SQL condition selecting the requests clients were answered with (not shadow copies); true for
+    logs from before A/B serving, which have no ``arm`` column."""
+    have = {r[1] for r in con.execute("PRAGMA table_info(requests)").fetchall()}
+    return "(arm IS NULL OR arm != 'shadow')" if "arm" in have else "1"
 
 
 class RequestLog:
@@ -145,7 +169,8 @@ class RequestLog:
 
     def _run(self) -> None:
         con = connect(self.path)
-        sql = f"INSERT OR REPLACE INTO requests VALUES ({', '.join('?' for _ in COLUMNS)})"
+        names = ", ".join(n for n, _ in COLUMNS)
+        sql = f"INSERT OR REPLACE INTO requests ({names}) VALUES ({', '.join('?' for _ in COLUMNS)})"
         try:
             while True:
                 first = self._q.get()
@@ -204,7 +229,7 @@ def summarize(path: str | Path, since: float | None = None) -> dict:
             rows = con.execute(
                 "SELECT ts, status, route, input_action, input_reasons, output_action, output_reasons, "
                 "confidence, prompt_tokens, completion_tokens, latency_ms, ttft_ms, model, stream "
-                "FROM requests WHERE ts >= ? ORDER BY ts",
+                f"FROM requests WHERE ts >= ? AND {live_rows_clause(con)} ORDER BY ts",
                 (since or 0.0,),
             ).fetchall()
         except sqlite3.DatabaseError as e:
