@@ -36,7 +36,7 @@ QUESTIONS = (
 class Outcome:
     """One request as its client saw it."""
 
-    kind: str  # "complete" | "stream" | "disconnect" | "timeout" | "fuzz"
+    kind: str  # "complete" | "stream" | "disconnect" | "timeout" | "fuzz" | "cut" (server killed)
     status: int | None  # None: no status line arrived (the client gave up, or the server died)
     request_id: str | None
     latency_s: float
@@ -139,6 +139,25 @@ def request_bodies():
     message = st.fixed_dictionaries({"role": role, "content": content}, optional={"name": anything})
     user_last = st.lists(message, max_size=3).map(lambda ms: [*ms, {"role": "user", "content": "hi there"}])
     field = number | anything
+    valid = st.fixed_dictionaries(
+        {
+            "model": st.just("student"),
+            "messages": st.lists(
+                st.fixed_dictionaries({"role": st.just("user"), "content": text.filter(str.strip)}),
+                min_size=1,
+                max_size=2,
+            ),
+        },
+        optional={
+            "max_tokens": st.integers(1, 12),
+            "temperature": st.floats(0, 2),
+            "top_p": st.floats(0.05, 1),
+            "seed": st.integers(0, 2**31),
+            "stream": st.booleans(),
+            "stop": st.lists(text.filter(bool), max_size=4),
+            "user": text,
+        },
+    )
     schema = st.fixed_dictionaries(
         {
             "model": st.just("student") | anything,
@@ -160,7 +179,7 @@ def request_bodies():
             "response_format": anything,
         },
     )
-    as_json = (schema | anything).map(lambda v: json.dumps(v, ensure_ascii=True).encode())
+    as_json = (valid | schema | anything).map(lambda v: json.dumps(v, ensure_ascii=True).encode())
     deep = st.builds(
         lambda n, o, c: (o * n + c * n).encode(),
         st.integers(100, 20_000),
@@ -250,7 +269,7 @@ def run_load(
                 except httpx.TransportError:
                     if stop is None:
                         raise
-                    out = Outcome(kind, None, None, time.perf_counter() - t0, False, False)
+                    out = Outcome("cut", None, None, time.perf_counter() - t0, False, False)
                 with lock:
                     results.append(out)
                 if out.status is None and stop is not None:
@@ -280,7 +299,8 @@ def summary(outcomes: list[Outcome]) -> dict:
         "statuses": dict(Counter(str(o.status) for o in outcomes)),
         "kinds": dict(Counter(o.kind for o in outcomes)),
         "completed": sum(o.completed for o in outcomes),
-        "invalid": sum(not o.valid for o in outcomes),
+        "invalid": sum(not o.valid for o in outcomes if o.status is not None),
+        "cut": sum(o.kind == "cut" for o in outcomes),
         "p50_ms": percentile(ok, 0.5),
         "p95_ms": percentile(ok, 0.95),
     }
