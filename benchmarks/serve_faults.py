@@ -115,7 +115,7 @@ def phase_fuzz_and_load(args, model: str, db: Path, overrides: list[str]) -> dic
         rss_start = rss_mb(proc.pid)
         fz = fuzz(url, args.fuzz)
         fz["healthy_after"] = healthy(url)
-        per_client = max(1, args.requests // args.clients)
+        per_client = max(1, -(-args.requests // args.clients))  # at least --requests in all
         t0 = time.perf_counter()
         outcomes = run_load(
             url, args.clients, per_client, args.max_tokens, disconnect_every=4, timeout_every=7
