@@ -117,6 +117,11 @@ def register(app: typer.Typer) -> None:
             False, "--shadow", help="Run the candidate on a copy of the traffic; only MODEL answers."
         ),
         log_db: Path = typer.Option(None, "--log-db", help="Request log (default distilltune-requests.db)."),
+        log_retention_days: float = typer.Option(
+            None,
+            "--log-retention-days",
+            help="Delete request-log rows older than this many days, at start-up and hourly (default: keep all).",
+        ),
         config: Path = CONFIG_OPT,
         print_config: bool = PRINT_CONFIG_OPT,
         overrides: list[str] = OVERRIDES_ARG,
@@ -139,6 +144,7 @@ def register(app: typer.Typer) -> None:
                 "candidate": candidate,
                 **nested("ab", split=split, shadow=shadow or None),  # unset: a config file's value stands
                 "log_db": str(log_db) if log_db else None,
+                "log_retention_days": log_retention_days,
             },
             overrides,
             print_config,

@@ -11,8 +11,9 @@ names — is made here, so an evaluated model behaves exactly as the served one.
 The steps, for a conversation of ``{"role", "content"}`` turns ending with a user turn:
 
 1. ``prepare``: client ``system``/``developer`` turns are dropped (the task's system prompt governs;
-   a client must not be able to replace the policy) and every remaining turn goes through
-   ``guard.check_input`` (models, logs and the index never see raw PII). The last user turn's decision
+   a client must not be able to replace the policy) and the remaining turns go through
+   ``guard.check_conversation`` together (models, logs and the index never see raw PII, not even
+   PII split across turns). The last user turn's decision
    decides: on ``refuse`` the answer is the policy's refusal message and no model runs (route
    ``refused_input``; logs keep only a digest, see ``withheld``). Otherwise ``prompter.messages`` puts
    the system prompt and the numbered retrieved context in front (the function training uses too),
@@ -171,21 +172,18 @@ class RequestPath:
         self._prompt_lock = prompt_lock or contextlib.nullcontext()
 
     def _check_input(self, conv: list[dict], res: RequestResult) -> bool:
-        """Redact every turn in place; the last user turn decides. True when the request is refused."""
-        last = _last_user_index(conv)
-        decision, pii_reasons = None, []
-        for i, m in enumerate(conv):
-            d = self.guard.check_input(m["content"])
-            m["content"] = d.redacted_text
-            if i == last:
-                decision = d
-            else:
-                pii_reasons += [r for r in d.reasons if r.startswith("pii:")]
-        reasons = list(dict.fromkeys([*decision.reasons, *pii_reasons]))
-        any_pii = any(r.startswith("pii:") for r in reasons)
-        refused = decision.action == "refuse"
-        res.input_action = "redact" if not refused and any_pii else decision.action
-        res.input_reasons, res.input_risk = reasons, float(decision.risk)
+        """Redact every turn in place; the last user turn decides. True when the request is refused.
+
+        ``check_conversation`` reads the turns together, so PII typed over two messages, or a context
+        word in one turn and its number in the next, is redacted in every turn it touches (earlier
+        user turns and the client's assistant turns included) before a model or a log sees them.
+        """
+        checked = self.guard.check_conversation(conv)
+        for m, redacted in zip(conv, checked.messages, strict=True):
+            m["content"] = redacted["content"]
+        refused = checked.action == "refuse"
+        res.input_action, res.input_reasons = checked.action, checked.reasons
+        res.input_risk = float(checked.decision.risk)
         return refused
 
     def prepare(self, conversation: Sequence[dict]) -> RequestResult:

@@ -140,6 +140,10 @@ class ContextIndex:
             self._hits[label] = ([m.start() for m in ms], [m.end() for m in ms])
         return self._hits[label]
 
+    def present(self, label: str) -> bool:
+        """Whether any of ``label``'s context words occurs in the text at all."""
+        return bool(self._positions(label)[0])
+
     def near(self, label: str, start: int, end: int) -> bool:
         starts, ends = self._positions(label)
         if not starts:

@@ -22,6 +22,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from distilltune.policy.context import ContextIndex
 
@@ -40,16 +41,17 @@ class Candidate:
 # validity rules
 
 
+_DIGIT = {str(i): i for i in range(10)}
+_DOUBLED = {str(i): (2 * i - 9 if i > 4 else 2 * i) for i in range(10)}
+
+
 def luhn_digits_ok(d: str) -> bool:
-    if len(d) < 12 or not d.isdigit():
+    """The Luhn checksum (every second digit from the right doubled, digit-summed); table lookups,
+    since every 13-19 digit window of a long digit run is checked."""
+    if len(d) < 12 or not d.isdigit() or not d.isascii():
         return False
-    total = 0
-    for i, ch in enumerate(reversed(d)):
-        v = int(ch)
-        if i % 2 == 1:
-            v = v * 2 - 9 if v > 4 else v * 2
-        total += v
-    return total % 10 == 0
+    r = d[::-1]
+    return (sum(map(_DIGIT.__getitem__, r[0::2])) + sum(map(_DOUBLED.__getitem__, r[1::2]))) % 10 == 0
 
 
 def iban_compact_ok(s: str) -> bool:
@@ -85,25 +87,38 @@ _GROUP = re.compile(r"[0-9]+")
 _MAX_WINDOW_GROUPS = 19
 
 
-@dataclass(frozen=True)
-class Window:
+class Window(NamedTuple):
+    """A group-aligned stretch of a digit run (a NamedTuple: there are up to 19 per digit group)."""
+
     digits: str
     seps: tuple[str, ...]  # separators between the window's groups
     sizes: tuple[int, ...]  # digits per group
     plus: bool  # the window starts the run and the run starts with "+"
     glued: bool  # a letter touches the window's first digit (CC4111..., SSN219-...)
     first: bool  # the window starts its run (a trunk or international prefix can only be there)
+    sep_ok: int  # bit set per recognizer whose separators all of the window's separators are
+
+
+# The separators each recognizer accepts between digit groups, as bits of ``Window.sep_ok``.
+_CARD, _SSN, _PHONE, _BANK = 1, 2, 4, 8
+_SEP_CHARS = {_CARD: set(" -/."), _SSN: set(" -."), _PHONE: set(" -.()"), _BANK: set(" -")}
+_ALL_SEPS = _CARD | _SSN | _PHONE | _BANK
+
+
+def _sep_bits(sep: str) -> int:
+    chars = set(sep)
+    return sum(bit for bit, allowed in _SEP_CHARS.items() if chars <= allowed)
 
 
 def _grade_card(w: Window) -> str | None:
-    if not 13 <= len(w.digits) <= 19 or any(set(s) - set(" -/.") for s in w.seps):
+    if not 13 <= len(w.digits) <= 19 or not w.sep_ok & _CARD:
         return None
     return STRONG if luhn_digits_ok(w.digits) else WEAK
 
 
 def _grade_ssn(w: Window) -> str | None:
     d = w.digits
-    if len(d) != 9 or any(set(s) - set(" -.") for s in w.seps):
+    if len(d) != 9 or not w.sep_ok & _SSN:
         return None
     nonzero = d[:3] != "000" and d[3:5] != "00" and d[5:] != "0000"
     if w.sizes == (3, 2, 4) and len(set(w.seps)) == 1:
@@ -119,7 +134,7 @@ _DATE_SHAPES = {(4, 2, 2), (2, 2, 4), (1, 2, 4), (2, 1, 4), (1, 1, 4), (4, 1, 2)
 
 def _grade_phone(w: Window) -> str | None:
     d, n = w.digits, len(w.digits)
-    if not 7 <= n <= 15 or w.glued or any(set(s) - set(" -.()") for s in w.seps):
+    if not 7 <= n <= 15 or w.glued or not w.sep_ok & _PHONE:
         return None
     if w.sizes in _DATE_SHAPES and not w.plus:
         return None
@@ -137,7 +152,7 @@ def _grade_phone(w: Window) -> str | None:
 
 
 def _grade_bank(w: Window) -> str | None:
-    if not 6 <= len(w.digits) <= 17 or w.glued or any(set(s) - set(" -") for s in w.seps):
+    if not 6 <= len(w.digits) <= 17 or w.glued or not w.sep_ok & _BANK:
         return None
     return WEAK
 
@@ -148,37 +163,46 @@ DIGIT_GRADERS: dict[str, Callable[[Window], str | None]] = {
     "phone": _grade_phone,
     "bank_account": _grade_bank,
 }
+WEAK_ONLY = frozenset({"bank_account"})  # never strong: pointless to grade without a context word
+MIN_DIGITS = {"credit_card": 13, "ssn": 9, "phone": 7, "bank_account": 6}
 
 
-_MIN_DIGITS = 6  # no digit recognizer accepts fewer
+def digit_windows(text: str, min_digits: int = 6) -> Iterator[tuple[int, int, Window]]:
+    """Every group-aligned window of ``min_digits``-19 digits of every digit run:
+    ``(view_start, view_end, window)``.
 
-
-def digit_windows(text: str) -> Iterator[tuple[int, int, Window]]:
-    """Every group-aligned window of 6-19 digits of every digit run: ``(view_start, view_end, window)``."""
+    At most 19 windows start at a digit group, so the work is linear in the text's length whatever
+    its digits and separators (``tests/test_policy_pii_cost.py`` holds it to that).
+    """
     for run in _RUN.finditer(text):
         groups = [(m.start(), m.end()) for m in _GROUP.finditer(text, run.start(), run.end())]
-        if sum(b - a for a, b in groups) < _MIN_DIGITS:
+        if sum(b - a for a, b in groups) < min_digits:
             continue
         plus = run.group(1) is not None
         digits_of = [text[a:b] for a, b in groups]
+        sizes_of = [b - a for a, b in groups]
         seps_of = [text[groups[k][1] : groups[k + 1][0]] for k in range(len(groups) - 1)]
+        bits_of = [_sep_bits(sep) for sep in seps_of]
         for i in range(len(groups)):
-            n = 0
+            n, ok = 0, _ALL_SEPS
+            start = run.start() if i == 0 else groups[i][0]
+            glued = start > 0 and text[start - 1].isalpha()
             for j in range(i, min(len(groups), i + _MAX_WINDOW_GROUPS)):
-                n += len(digits_of[j])
+                n += sizes_of[j]
                 if n > 19:
                     break
-                if n < _MIN_DIGITS:
+                if j > i:
+                    ok &= bits_of[j - 1]
+                if n < min_digits:
                     continue
-                start = run.start() if i == 0 else groups[i][0]
-                glued = start > 0 and text[start - 1].isalpha()
                 w = Window(
                     "".join(digits_of[i : j + 1]),
                     tuple(seps_of[i:j]),
-                    tuple(len(d) for d in digits_of[i : j + 1]),
+                    tuple(sizes_of[i : j + 1]),
                     plus and i == 0,
                     glued,
                     i == 0,
+                    ok,
                 )
                 yield start, groups[j][1], w
 
@@ -293,16 +317,19 @@ BUILTIN_NAMES = tuple(PRIORITY)
 
 def candidates(text: str, names: frozenset[str]) -> list[Candidate]:
     """Candidates of the enabled recognizers that are strong, or weak with context nearby."""
+    ctx = ContextIndex(text)
     out: list[Candidate] = []
     for name, fn in PATTERN_RECOGNIZERS.items():
         if name in names:
-            out.extend(fn(text))
-    graders = [(n, g) for n, g in DIGIT_GRADERS.items() if n in names]
+            out.extend(c for c in fn(text) if c.strong or ctx.near(c.label, c.start, c.end))
+    graders = [
+        (n, g) for n, g in DIGIT_GRADERS.items() if n in names and (n not in WEAK_ONLY or ctx.present(n))
+    ]
     if graders:
-        for start, end, w in digit_windows(text):
+        min_digits = min(MIN_DIGITS[n] for n, _ in graders)
+        for start, end, w in digit_windows(text, min_digits):
             for name, grade in graders:
                 g = grade(w)
-                if g is not None:
+                if g == STRONG or (g is not None and ctx.near(name, start, end)):
                     out.append(Candidate(start, end, name, g == STRONG))
-    ctx = ContextIndex(text)
-    return [c for c in out if c.strong or ctx.near(c.label, c.start, c.end)]
+    return out

@@ -99,6 +99,11 @@ class ServeConfig(StrictModel):
     port: int = Field(default=8000, ge=0, le=65535)
     api_key_env: str | None = Field(default=None, description="env var holding the API key (unset = no auth)")
     log_db: str = Field(default="distilltune-requests.db", description="SQLite request log (WAL)")
+    log_retention_days: float | None = Field(
+        default=None,
+        gt=0,
+        description="delete request-log rows older than this, at start-up and hourly (None = keep all)",
+    )
     limits: Limits = Limits()
     batching: Batching = Batching()
     generation: Generation = Generation()

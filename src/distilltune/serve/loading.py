@@ -227,7 +227,7 @@ def build_state(cfg: ServeConfig) -> ServerState:
             )
     task = load_task(cfg.task)
     metrics = ServerMetrics(task.spec.monitoring.unanswered_patterns)
-    log = RequestLog(cfg.log_db)
+    log = RequestLog(cfg.log_db, cfg.log_retention_days)
     student, student_ids = load_slot("student", cfg.model, cfg, metrics, cfg.adapters)
     # The fallback answers escalations only; it is not a model id clients may pick.
     fallback = load_slot("fallback", cfg.fallback, cfg, metrics)[0] if cfg.fallback else None

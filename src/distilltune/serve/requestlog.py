@@ -9,6 +9,10 @@ guard verdicts as actions and reason labels (``pii:email``), never the matched t
 input guard refused keeps no text at all, only its length and a digest: attack content (which may
 carry the very strings a task forbids in any output or log) is not worth storing. The log is
 written only from ``LogRecord`` fields the pipeline fills with redacted text.
+
+Retention (``retention_days``): rows older than that are deleted when the log opens and then every
+``purge_every_s`` by the writer thread. Deletion overwrites the freed pages (``secure_delete``) and
+truncates the write-ahead file, so a purged row's text does not linger in ``.db`` or ``-wal``.
 """
 
 from __future__ import annotations
@@ -136,18 +140,44 @@ def live_rows_clause(con: sqlite3.Connection) -> str:
     return "(arm IS NULL OR arm != 'shadow')" if "arm" in have else "1"
 
 
-class RequestLog:
-    """Append-only request log with a background writer thread."""
+def purge(con: sqlite3.Connection, older_than_ts: float) -> int:
+    """Delete rows logged before ``older_than_ts``; their bytes are overwritten, the WAL truncated."""
+    con.execute("PRAGMA secure_delete=ON")
+    n = con.execute("DELETE FROM requests WHERE ts < ?", (older_than_ts,)).rowcount
+    con.commit()
+    if n:
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return n
 
-    def __init__(self, path: str | Path):
+
+class RequestLog:
+    """Append-only request log with a background writer thread.
+
+    ``retention_days``: rows older than this are deleted at start-up and every ``purge_every_s``
+    (None keeps everything).
+    """
+
+    def __init__(self, path: str | Path, retention_days: float | None = None, purge_every_s: float = 3600.0):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        connect(self.path).close()  # create the schema now: a bad path fails at start-up, not later
+        self.retention_s = None if retention_days is None else retention_days * 86400.0
+        self.purge_every_s = purge_every_s
+        self.purged = 0  # rows deleted by the retention policy since start
+        con = connect(self.path)  # create the schema now: a bad path fails at start-up, not later
+        try:
+            self._purge(con)
+        finally:
+            con.close()
         self._q: queue.Queue[LogRecord | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="request-log", daemon=True)
         self._thread.start()
         self.written = 0
         self.dropped = 0  # rows SQLite refused even one by one (counted, never fatal)
+
+    def _purge(self, con: sqlite3.Connection) -> None:
+        self._last_purge = time.monotonic()
+        if self.retention_s is not None:
+            self.purged += purge(con, time.time() - self.retention_s)
 
     @property
     def healthy(self) -> bool:
@@ -173,7 +203,11 @@ class RequestLog:
         sql = f"INSERT OR REPLACE INTO requests ({names}) VALUES ({', '.join('?' for _ in COLUMNS)})"
         try:
             while True:
-                first = self._q.get()
+                try:
+                    first = self._q.get(timeout=self._until_purge())
+                except queue.Empty:
+                    self._purge_safely(con)
+                    continue
                 batch = [first]
                 while not self._q.empty() and len(batch) < 256:
                     batch.append(self._q.get_nowait())
@@ -184,8 +218,23 @@ class RequestLog:
                     self._q.task_done()
                 if any(r is None for r in batch):
                     return
+                if self._until_purge() == 0:
+                    self._purge_safely(con)
         finally:
             con.close()
+
+    def _until_purge(self) -> float | None:
+        """Seconds until the next retention purge is due (None: no retention, wait for rows only)."""
+        if self.retention_s is None:
+            return None
+        return max(0.0, self._last_purge + self.purge_every_s - time.monotonic())
+
+    def _purge_safely(self, con: sqlite3.Connection) -> None:
+        try:
+            self._purge(con)
+        except sqlite3.Error as e:  # a busy or full disk: try again next period, keep logging
+            con.rollback()
+            log.error("request log: retention purge failed (%s)", type(e).__name__)
 
     def _insert(self, con: sqlite3.Connection, sql: str, recs: list[LogRecord]) -> None:
         """Insert a batch; if that fails, row by row, so one bad row loses only itself."""
