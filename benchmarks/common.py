@@ -46,7 +46,8 @@ def git_sha() -> dict:
             return None
         return r.stdout.strip() if r.returncode == 0 else None
 
-    status = git("status", "--porcelain", "--untracked-files=no")
+    # results files are outputs: a run that rewrote one (a second seed in the same checkout) is still clean
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks/results")
     return {"sha": git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None}
 
 
