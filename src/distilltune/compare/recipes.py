@@ -213,7 +213,7 @@ def _layers(ref: str) -> int | None:
 
 def size_fraction(refs: Refs, name: str) -> float:
     """The trained or evaluated model's share of the teacher's decoder layers (1.0 if not a student)."""
-    from distilltune.models.resolve import STUDENT_RE
+    from distilltune.models.spec import parse_student_spec
 
     s = refs.table[name]
     if not refs.is_student(name):
@@ -221,12 +221,18 @@ def size_fraction(refs: Refs, name: str) -> float:
     ref = s.student if s.kind == "distill" else s.model
     if ref and ref not in SYMBOLS and ref in refs.table:
         return size_fraction(refs, ref)
-    m = STUDENT_RE.match(refs(ref or "student"))
-    total = _layers(m["base"]) if m else None
-    if m is None or total is None:
+    spec = parse_student_spec(refs(ref or "student"))
+    total = _layers(spec.base) if spec else None
+    if spec is None or total is None:
         return 0.25
-    kept = int(m["value"]) if m["key"] == "n_layers" else len([v for v in m["value"].split(",") if v.strip()])
-    return min(1.0, kept / total)
+    kept = (
+        spec.n_layers
+        if spec.n_layers is not None
+        else len([v for v in (spec.layers or "").split(",") if v.strip()])
+    )
+    # width pruning thins each kept layer: about 2/3 of a layer's weights are MLP, 1/3 attention
+    width = 2 / 3 * (spec.mlp or 1.0) + 1 / 3 * (spec.heads or 1.0)
+    return min(1.0, kept / total * width)
 
 
 def stage_weight(cfg, refs: Refs, name: str, action: str, n_train: int, n_eval: int, tc=None) -> float:
