@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Literal
 
 from fastapi import FastAPI, Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from distilltune.serve.intake import LOOPBACK_NAMES, check_browser_safety, read_body
-from distilltune.serve.openai_types import APIError, validation_error
+from distilltune.serve.intake import LOOPBACK_NAMES, check_browser_safety, parse_json_body, read_body
+from distilltune.serve.openai_types import APIError
 
 TABLE = "feedback"
 MAX_CORRECTION_CHARS = 8000
@@ -103,18 +103,7 @@ def read_feedback(path: str | Path) -> dict[str, dict]:
 
 
 def parse_feedback(body: bytes) -> Feedback:
-    try:
-        payload = json.loads(body)
-    except (ValueError, RecursionError) as e:
-        raise APIError(
-            400, f"request body is not valid JSON ({type(e).__name__})", code="invalid_json"
-        ) from None
-    if not isinstance(payload, dict):
-        raise APIError(400, "request body must be a JSON object", code="invalid_json")
-    try:
-        return Feedback.model_validate(payload)
-    except ValidationError as e:
-        raise validation_error(e) from None
+    return parse_json_body(body, Feedback)
 
 
 def register(app: FastAPI, state) -> None:

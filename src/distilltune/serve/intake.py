@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import TypeVar
 
 from fastapi import Request
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect
 
 from distilltune.serve.openai_types import APIError, ChatRequest, validation_error
+
+M = TypeVar("M", bound=BaseModel)
 
 
 async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
@@ -44,8 +47,10 @@ async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
     return bytes(buf)
 
 
-def parse_request(body: bytes) -> ChatRequest:
-    """JSON → ``ChatRequest``; anything malformed (any depth, any size of number) is a 4xx."""
+def parse_json_body(body: bytes, model: type[M]) -> M:
+    """JSON → ``model``; anything malformed (any depth, any size of number) is a 4xx, never a 5xx.
+
+    One parser for every endpoint that takes a JSON body (chat completions, feedback)."""
     try:
         payload = json.loads(body)
     except RecursionError:
@@ -57,11 +62,15 @@ def parse_request(body: bytes) -> ChatRequest:
     if not isinstance(payload, dict):
         raise APIError(400, "request body must be a JSON object", code="invalid_json")
     try:
-        return ChatRequest.model_validate(payload)
+        return model.model_validate(payload)
     except ValidationError as e:
         raise validation_error(e) from None
     except RecursionError:
         raise APIError(400, "request body is nested too deeply", code="invalid_json") from None
+
+
+def parse_request(body: bytes) -> ChatRequest:
+    return parse_json_body(body, ChatRequest)
 
 
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
