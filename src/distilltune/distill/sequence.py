@@ -33,6 +33,7 @@ from pydantic import Field
 from distilltune.config import StrictModel
 from distilltune.data.chat import with_system
 from distilltune.errors import ProblemList, UserError
+from distilltune.io import read_jsonl_objects
 from distilltune.text import normalize
 
 
@@ -170,17 +171,7 @@ def load_extra_prompts(path: str | Path) -> list[PromptItem]:
         raise UserError(f"{p}: extra prompts file not found")
     problems = ProblemList()
     items = []
-    for lineno, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            problems.add(str(p), f"malformed JSON: {e.msg}", lineno)
-            continue
-        if not isinstance(obj, dict):
-            problems.add(str(p), "expected a JSON object", lineno)
-            continue
+    for lineno, obj in read_jsonl_objects(p, problems):
         if isinstance(obj.get("prompt"), str) and obj["prompt"].strip():
             msgs = [{"role": "user", "content": obj["prompt"]}]
         elif isinstance(obj.get("messages"), list) and obj["messages"]:
@@ -315,14 +306,14 @@ def write_records(records: Sequence[SeqRecord], path: str | Path) -> None:
 
 
 def read_records(path: str | Path) -> list[SeqRecord]:
-    p = Path(path)
+    problems = ProblemList()
     out = []
-    for lineno, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            try:
-                out.append(SeqRecord(**json.loads(line)))
-            except (json.JSONDecodeError, TypeError) as e:
-                raise UserError(f"{p}:{lineno}: not a sequence-data record ({e})") from None
+    for lineno, obj in read_jsonl_objects(path, problems):
+        try:
+            out.append(SeqRecord(**obj))
+        except TypeError as e:
+            problems.add(str(path), f"not a sequence-data record ({e})", lineno)
+    problems.raise_if_errors(f"{path}: invalid sequence data")
     return out
 
 
@@ -333,15 +324,8 @@ def load_patch(path: str | Path, known_ids: set[str]) -> dict[str, str | None]:
         raise UserError(f"{p}: patch file not found")
     problems = ProblemList()
     patch: dict[str, str | None] = {}
-    for lineno, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            problems.add(str(p), f"malformed JSON: {e.msg}", lineno)
-            continue
-        if not isinstance(obj, dict) or not isinstance(obj.get("id"), str):
+    for lineno, obj in read_jsonl_objects(p, problems):
+        if not isinstance(obj.get("id"), str):
             problems.add(str(p), 'expected an object with a string "id"', lineno)
             continue
         pid = obj["id"]

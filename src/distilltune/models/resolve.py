@@ -43,6 +43,38 @@ def is_student_spec(ref: str) -> bool:
     return bool(STUDENT_RE.match(ref))
 
 
+@dataclass(frozen=True)
+class StudentSpec:
+    """A parsed ``BASE:n_layers=N`` / ``BASE:layers=0,1,5`` with ``teacher`` already replaced in BASE."""
+
+    base: str
+    key: str  # "n_layers" | "layers"
+    value: str
+
+    def layers(self, n_total: int) -> list[int]:
+        """The kept layer indices of a base with ``n_total`` decoder layers."""
+        if self.key == "layers":
+            return parse_layers(self.value, n_total)
+        return default_layers(n_total, int(self.value))
+
+
+def student_spec(ref: str, teacher: str | None = None) -> StudentSpec | None:
+    """The student spec in ``ref`` (None if ``ref`` is not one), its ``teacher`` base resolved.
+
+    The one place that reads the spec syntax: loading weights, tokenizers, meta-device skeletons and
+    cache fingerprints all go through it, so they agree on what ``teacher:n_layers=6`` means.
+    """
+    m = STUDENT_RE.match(ref)
+    if m is None:
+        return None
+    base = m["base"]
+    if base == "teacher":
+        if not teacher:
+            raise UserError(f"student spec {ref!r} names 'teacher' but no teacher model was given")
+        base = teacher
+    return StudentSpec(base, m["key"], m["value"])
+
+
 def run_artifact_dir(path: Path) -> Path:
     """A run dir's ``model/`` or ``adapter/``; otherwise the path itself."""
     for sub in ("model", "adapter"):
@@ -98,22 +130,14 @@ def load_model(
     """Load ``ref`` (see module docstring) in eval mode, or train mode when ``trainable``."""
     from transformers import AutoModelForCausalLM
 
-    m = STUDENT_RE.match(ref)
-    if m:
-        base_ref = m["base"]
-        if base_ref == "teacher":
-            if not teacher:
-                raise UserError(f"student spec {ref!r} names 'teacher' but no teacher model was given")
-            base_ref = teacher
-        base = load_model(base_ref, dtype=dtype)
-        n_total = len(_decoder_layers(base.model))
-        layers = (
-            parse_layers(m["value"], n_total)
-            if m["key"] == "layers"
-            else default_layers(n_total, int(m["value"]))
-        )
-        student = prune_layers(base.model, layers)
-        del base.model
+    spec = student_spec(ref, teacher)
+    if spec is not None:
+        base = load_model(spec.base, dtype=dtype)
+        body = base.model
+        if base.kind == "adapter" and hasattr(body, "merge_and_unload") and hasattr(body, "peft_config"):
+            body = body.merge_and_unload()  # a fine-tuned (LoRA/IA3) teacher is pruned with its adapter in
+        student = prune_layers(body, spec.layers(len(_decoder_layers(body))))
+        del base.model, body
         student.train(trainable)
         return Loaded(student, base.tokenizer, ref, base.source, "student")
 
@@ -161,10 +185,9 @@ def _load_adapter(path: Path, torch_dtype: torch.dtype):
 
 def load_tokenizer(ref: str, teacher: str | None = None):
     """Only the tokenizer of ``ref`` (cheap: no weights)."""
-    m = STUDENT_RE.match(ref)
-    if m:
-        base = m["base"]
-        return load_tokenizer(teacher if base == "teacher" and teacher else base)
+    spec = student_spec(ref, teacher)
+    if spec is not None:
+        return load_tokenizer(spec.base)
     kind, path = resolve_path(ref)
     if kind == "builtin":
         from distilltune.models.bundled import bundled_tokenizer_dir

@@ -26,19 +26,12 @@ def _config_for(ref: str, teacher: str | None):
     from transformers import AutoConfig
 
     from distilltune.models.bundled import COMPLETE_MARKER, distilltune_home, gguf_path
-    from distilltune.models.resolve import STUDENT_RE, resolve_path
-    from distilltune.models.student import default_layers, parse_layers
+    from distilltune.models.resolve import resolve_path, student_spec
 
-    m = STUDENT_RE.match(ref)
-    if m:
-        base = m["base"]
-        if base == "teacher":
-            if not teacher:
-                raise UserError(f"student spec {ref!r} names 'teacher' but no teacher model was given")
-            base = teacher
-        cfg, _ = _config_for(base, None)
-        n = cfg.num_hidden_layers
-        layers = parse_layers(m["value"], n) if m["key"] == "layers" else default_layers(n, int(m["value"]))
+    spec = student_spec(ref, teacher)
+    if spec is not None:
+        cfg, _ = _config_for(spec.base, None)
+        layers = spec.layers(cfg.num_hidden_layers)
         cfg.num_hidden_layers = len(layers)
         if getattr(cfg, "layer_types", None):
             cfg.layer_types = [cfg.layer_types[i] for i in layers]
