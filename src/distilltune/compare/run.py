@@ -100,7 +100,7 @@ def training_configs(
 
     ``student``: the resolved student spec (``students.resolve_student``); default ``cfg.student_spec()``.
     """
-    from distilltune.distill.config import CacheSettings, DistillConfig
+    from distilltune.distill.config import DistillConfig, KDSettings
     from distilltune.distill.sequence import SequenceSettings
     from distilltune.train.config import FinetuneConfig
 
@@ -129,8 +129,7 @@ def training_configs(
             student=student,
             output=str(runs / "student-kd"),
             mode="cached",
-            loss=cfg.kd_loss,
-            cache=CacheSettings(k=cfg.kd_top_k),
+            kd=KDSettings(loss=cfg.kd_loss, top_k=cfg.kd_top_k),
             train=_train_settings(cfg, cfg.steps.student_kd),
         ),
         "student-kd-lora": lambda: FinetuneConfig(
