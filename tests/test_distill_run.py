@@ -48,7 +48,8 @@ def test_second_strategy_reuses_the_cache_without_loading_the_teacher(
     tiny_task, tiny_teacher_dir, tmp_path, monkeypatch
 ):
     run_distill(
-        distill_cfg(tiny_task, tiny_teacher_dir, tmp_path / "a", kd={"loss": "fkl"}), reporter=SilentReporter()
+        distill_cfg(tiny_task, tiny_teacher_dir, tmp_path / "a", kd={"loss": "fkl"}),
+        reporter=SilentReporter(),
     )
     import distilltune.distill.distill as dd
 
@@ -57,7 +58,8 @@ def test_second_strategy_reuses_the_cache_without_loading_the_teacher(
 
     monkeypatch.setattr(dd, "load_teacher", no_teacher)
     out = run_distill(
-        distill_cfg(tiny_task, tiny_teacher_dir, tmp_path / "b", kd={"loss": "rkl"}), reporter=SilentReporter()
+        distill_cfg(tiny_task, tiny_teacher_dir, tmp_path / "b", kd={"loss": "rkl"}),
+        reporter=SilentReporter(),
     )
     a = json.loads((tmp_path / "a" / "train_summary.json").read_text())["teacher_cache"]
     b = json.loads((out / "train_summary.json").read_text())["teacher_cache"]

@@ -93,7 +93,10 @@ def test_every_problem_is_reported_at_once(tmp_path):
         "name": "bad",
         "colour": "blue",
         "steps": [
-            {"name": "a", "distill": {"task": "t", "teacher": "${later}", "output": "o1", "kd": {"loss": "nope"}}},
+            {
+                "name": "a",
+                "distill": {"task": "t", "teacher": "${later}", "output": "o1", "kd": {"loss": "nope"}},
+            },
             {"name": "later", "finetune": {"task": "t", "model": "m", "output": "o2"}},
             {"name": "a", "finetune": {"task": "t", "model": "m"}},
             {"name": "both", "finetune": {}, "distill": {}},

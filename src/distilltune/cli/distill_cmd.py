@@ -36,7 +36,9 @@ def register(app: typer.Typer) -> None:
             help="Student: a spec like teacher:n_layers=6 / teacher:layers=0,1,2,27,28,29, or a model with the same tokenizer.",
         ),
         output: Path = typer.Option(None, "--output", "-o", help="Run directory to write."),
-        loss: str = typer.Option(None, "--loss", help=f"KD loss, sets kd.loss (default fkl). {_loss_help()}."),
+        loss: str = typer.Option(
+            None, "--loss", help=f"KD loss, sets kd.loss (default fkl). {_loss_help()}."
+        ),
         mode: str = typer.Option(
             None, "--mode", help="cached | online | sequence | on-policy (default cached)."
         ),

@@ -44,7 +44,10 @@ class KDSettings(StrictModel):
     beta: float = Field(default=0.5, ge=0, le=1, description="jsd interpolation (0 = fkl, 1 = rkl)")
     skew: float = Field(default=0.1, ge=0, lt=1, description="skl/srkl skew α (DistiLLM)")
     top_k: int = Field(
-        default=32, ge=1, le=4096, description="teacher log-probs kept per position in the cache (cached mode)"
+        default=32,
+        ge=1,
+        le=4096,
+        description="teacher log-probs kept per position in the cache (cached mode)",
     )
     positions: Literal["answer", "all"] = Field(
         default="all",
