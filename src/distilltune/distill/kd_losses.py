@@ -66,7 +66,7 @@ def get_loss(name: str) -> KDLoss:
     try:
         return KD_LOSSES[name]
     except KeyError:
-        raise ValueError(f"unknown KD loss {name!r}; known losses: {', '.join(KD_LOSSES)}") from None
+        raise ValueError(f"unknown loss {name!r}; known losses: {', '.join(KD_LOSSES)}") from None
 
 
 def loss_help() -> str:
