@@ -242,7 +242,7 @@ def load_trained_model(ctx: RunContext) -> tuple[nn.Module, str | None]:
         ctx.acc.wait_for_everyone()
         base_path = str((ctx.out / "base-model").resolve())
         loaded.model = base
-    model = apply_method(loaded.model, recipe.method_config(cfg)).to(ctx.acc.device)
+    model = apply_method(loaded.model, recipe.method_config(cfg))  # the loop's prepare() places it
     if ctx.main:
         ctx.reporter.message(f"{recipe.model_field} {ref} ({cfg.method}): {trainable_line(model)}")
     return model, base_path
