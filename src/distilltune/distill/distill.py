@@ -137,6 +137,7 @@ def _render(system_prompt: str, prompter):
 
 def sequence_data(cfg: DistillConfig, task, out: Path, prompter, device, reporter: Reporter):
     """Teacher answers → guard and filters → review file → patch. Returns (conversations, summary)."""
+    from distilltune.distill import review
     from distilltune.distill import sequence as seq
     from distilltune.distill.teacher_cache import (
         default_cache_root,
@@ -185,11 +186,11 @@ def sequence_data(cfg: DistillConfig, task, out: Path, prompter, device, reporte
         s,
         render=_render(task.system_prompt, prompter),
     )
-    seq.write_records(records, out / SEQUENCE_DIR / "teacher_answers.jsonl")
+    review.write_records(records, out / SEQUENCE_DIR / "teacher_answers.jsonl")
     patched = 0
     if s.patch:
-        patched = seq.apply_patch(records, seq.load_patch(s.patch, {r.id for r in records}))
-    seq.write_records(records, out / SEQUENCE_DIR / "train_data.jsonl")
+        patched = review.apply_patch(records, review.load_patch(s.patch, {r.id for r in records}))
+    review.write_records(records, out / SEQUENCE_DIR / "train_data.jsonl")
     info = {
         **seq.summary(records),
         "patched": patched,
