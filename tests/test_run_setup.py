@@ -154,7 +154,7 @@ def _gathered_state(monkeypatch, delta: float) -> dict:
         with torch.no_grad():
             for p in result.model.parameters():
                 p.zero_()
-        result.state_dict = seen["full"]
+        result.state_dict = {k: v.clone() for k, v in seen["full"].items()}  # save_pretrained consumes it
         return result
 
     monkeypatch.setattr(loop, "train_loop", sharded_loop)
