@@ -135,13 +135,14 @@ def train_config(cfg, s: Strategy, view: Path, out: Path, refs: Refs) -> BaseMod
     found: list[str] = []
     data = deep_merge(data, _substitute(s.recipe, cfg, f"{_where(s)}.recipe", found))
     problems = [Problem("<compare config>", m) for m in found]
+    cls = DistillConfig if TRAINER[s.kind] == "distill" else FinetuneConfig
     try:
         if not problems:
-            return (DistillConfig if TRAINER[s.kind] == "distill" else FinetuneConfig).model_validate(data)
+            return cls.model_validate(data)
     except ValidationError as e:
-        problems = [
+        problems = [  # a moved key (``loss`` → ``kd.loss``) says where it lives now
             Problem(p.file, p.message, field=f"{_where(s)}.recipe.{p.field}")
-            for p in validation_problems(e, "<compare config>")
+            for p in validation_problems(e, "<compare config>", getattr(cls, "MOVED_KEYS", None))
         ]
     raise UserError(f"strategy {s.name!r}: invalid recipe", problems)
 
@@ -213,7 +214,7 @@ def _layers(ref: str) -> int | None:
 
 def size_fraction(refs: Refs, name: str) -> float:
     """The trained or evaluated model's share of the teacher's decoder layers (1.0 if not a student)."""
-    from distilltune.models.resolve import STUDENT_RE
+    from distilltune.models.spec import parse_student_spec
 
     s = refs.table[name]
     if not refs.is_student(name):
@@ -221,11 +222,14 @@ def size_fraction(refs: Refs, name: str) -> float:
     ref = s.student if s.kind == "distill" else s.model
     if ref and ref not in SYMBOLS and ref in refs.table:
         return size_fraction(refs, ref)
-    m = STUDENT_RE.match(refs(ref or "student"))
-    total = _layers(m["base"]) if m else None
-    if m is None or total is None:
+    spec = parse_student_spec(refs(ref or "student"))
+    total = _layers(spec.base) if spec else None
+    if spec is None or total is None:
         return 0.25
-    kept = int(m["value"]) if m["key"] == "n_layers" else len([v for v in m["value"].split(",") if v.strip()])
+    try:
+        kept = len(spec.layer_choice(total))
+    except UserError:  # layers the base does not have: reported when the run is checked
+        return 0.25
     return min(1.0, kept / total)
 
 
