@@ -284,3 +284,17 @@ def test_a_custom_student_gets_its_own_measured_layers(tiny_task, tiny_teacher_d
     assert sorted(kept) == sorted(sorted(range(4), key=lambda i: -scores[i])[:3])  # the 3 most influential
     tcs = training_configs(cfg, view, out, resolved)
     assert tcs["student-3l"].model == three and tcs["student-ft"].model == two
+
+
+def test_kd_loss_is_any_registered_loss_and_reaches_the_kd_section(tmp_path):
+    from distilltune.distill.kd_losses import KD_LOSSES, register_loss
+
+    with pytest.raises(Exception, match=r"kd_loss[\s\S]*unknown loss 'half-l1'; known losses: fkl, rkl"):
+        CompareConfig.model_validate({"task": "t", "output": "o", "kd_loss": "half-l1"})
+    register_loss("half-l1", lambda q, p, **_: 0.5 * (p.exp() - q.exp()).abs().sum(-1), "half L1", "half L1")
+    try:
+        cfg = CompareConfig.model_validate({"task": "t", "output": "o", "kd_loss": "half-l1", "kd_top_k": 4})
+        kd = training_configs(cfg, tmp_path, tmp_path)["student-kd"]
+        assert (kd.kd.loss, kd.kd.top_k) == ("half-l1", 4)
+    finally:
+        KD_LOSSES.pop("half-l1")
