@@ -178,7 +178,8 @@ def _loop(a, objective, model, examples, tok, steps: int) -> dict:
 
 
 def part_cached(a) -> dict:
-    from distilltune.distill.objectives import CachedKD, KDParams
+    from distilltune.distill.config import KDSettings
+    from distilltune.distill.objectives import CachedKD
 
     examples, tok = _examples(a.seq)
 
@@ -186,7 +187,7 @@ def part_cached(a) -> dict:
         raise SystemExit("cache missing: run the cache part first")
 
     cache = _cache(a, examples, tok, no_teacher)
-    params = KDParams(loss="fkl", alpha=0.0, chunk_size=512)
+    params = KDSettings(loss="fkl", alpha=0.0, chunk_size=512, positions="answer")
     out = _loop(a, CachedKD(cache, params), _student(), examples, tok, a.steps_for_epoch)
     model = out.pop("model")
     out["peak_rss_mb"] = round(peak_rss_mb(), 1)
@@ -196,13 +197,14 @@ def part_cached(a) -> dict:
 
 def part_cached_all(a) -> dict:
     """The default ``positions=all``: the cache holds every position, the student is projected at all."""
-    from distilltune.distill.objectives import CachedKD, KDParams
+    from distilltune.distill.config import KDSettings
+    from distilltune.distill.objectives import CachedKD
 
     examples, tok = _examples(a.seq)
     t0 = time.perf_counter()
     cache = _cache(a, examples, tok, positions="all")
     build_s = time.perf_counter() - t0
-    params = KDParams(loss="fkl", alpha=0.5, chunk_size=512, positions="all")
+    params = KDSettings(loss="fkl", alpha=0.5, chunk_size=512, positions="all")
     out = _loop(a, CachedKD(cache, params), _student(), examples, tok, a.steps_for_epoch)
     out.pop("model")
     m = cache.manifest
@@ -217,10 +219,11 @@ def part_cached_all(a) -> dict:
 
 
 def part_online(a) -> dict:
-    from distilltune.distill.objectives import KDParams, OnlineKD
+    from distilltune.distill.config import KDSettings
+    from distilltune.distill.objectives import OnlineKD
 
     examples, tok = _examples(a.seq)
-    params = KDParams(loss="fkl", alpha=0.0, chunk_size=512)
+    params = KDSettings(loss="fkl", alpha=0.0, chunk_size=512, positions="answer")
     out = _loop(a, OnlineKD(_teacher(), params), _student(), examples, tok, a.steps_for_epoch)
     out.pop("model")
     out["peak_rss_mb"] = round(peak_rss_mb(), 1)

@@ -48,7 +48,7 @@ CUSTOM = {
         "kind": "distill",
         "description": "a 2-layer student distilled with JSD",
         "student": "teacher:n_layers=2",
-        "recipe": {"loss": "jsd"},
+        "recipe": {"kd": {"loss": "jsd"}},
         "steps": 2,
     }
 }
@@ -80,7 +80,7 @@ def test_compare_end_to_end_and_resume(tiny_task, tiny_teacher_dir, tmp_path):
     assert jsd["kind"] == "distill" and jsd["description"] == "a 2-layer student distilled with JSD"
     assert trained["student-jsd"]["steps"] == 2 and trained["student-jsd"]["wall_s"] > 0
     run_cfg = yaml.safe_load((out / "runs" / "student-jsd" / "config.yaml").read_text())
-    assert run_cfg["loss"] == "jsd" and run_cfg["teacher"] == str(out / "runs" / "teacher-lora")
+    assert run_cfg["kd"]["loss"] == "jsd" and run_cfg["teacher"] == str(out / "runs" / "teacher-lora")
     assert (
         run_cfg["student"]
         == yaml.safe_load((out / "configs" / "train-student-kd.yaml").read_text())["student"]

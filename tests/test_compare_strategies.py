@@ -17,7 +17,7 @@ import yaml
 from distilltune.compare.config import CompareConfig
 from distilltune.compare.recipes import Refs, evaluate_config, size_fraction, stage_weight, training_configs
 from distilltune.config import to_yaml
-from distilltune.distill.config import CacheSettings, DistillConfig
+from distilltune.distill.config import DistillConfig, KDSettings
 from distilltune.distill.sequence import SequenceSettings
 from distilltune.evaluation.config import EfficiencySettings, EvaluateConfig
 from distilltune.retrieval.config import RetrievalConfig
@@ -80,7 +80,7 @@ def _old_training_configs(o: dict, view: Path, out: Path, student: str) -> dict:
         ),
         "student-kd": DistillConfig(
             **common, teacher=str(runs / "teacher-lora"), student=student, output=str(runs / "student-kd"),
-            mode="cached", loss=o["kd_loss"], cache=CacheSettings(k=o["kd_top_k"]),
+            mode="cached", kd=KDSettings(loss=o["kd_loss"], top_k=o["kd_top_k"]),
             train=_old_train_settings(o, st["student_kd"]),
         ),
         "student-kd-lora": FinetuneConfig(
@@ -166,14 +166,14 @@ def test_example_custom_strategies_join_the_builtins(tmp_path):
     assert cfg.strategies == ["teacher", "teacher-lora", "student-ft", "student-kd", *new]
     got = training_configs(cfg, tmp_path / "task", tmp_path / "cmp")
     kd, jsd = got["student-kd"], got["student-12l-jsd"]
-    assert isinstance(jsd, DistillConfig) and jsd.loss == "jsd" and kd.loss == "fkl"
+    assert isinstance(jsd, DistillConfig) and jsd.kd.loss == "jsd" and kd.kd.loss == "fkl"
     assert jsd.student == "smollm2-135m-instruct:n_layers=12"  # 'teacher' is the comparison's teacher
     assert jsd.teacher == str(tmp_path / "cmp" / "runs" / "teacher-lora")
     # apart from the loss, the student and the output, the JSD student is trained exactly as student-kd
-    same = {"loss", "student", "output"}
-    assert {k: v for k, v in jsd.model_dump().items() if k not in same} == {
-        k: v for k, v in kd.model_dump().items() if k not in same
-    }
+    same = {"student", "output"}
+    jsd_rest, kd_rest = ({k: v for k, v in c.model_dump().items() if k not in same} for c in (jsd, kd))
+    assert jsd_rest["kd"].pop("loss") == "jsd" and kd_rest["kd"].pop("loss") == "fkl"
+    assert jsd_rest == kd_rest
     r32 = got["teacher-lora-r32"]
     assert isinstance(r32, FinetuneConfig) and r32.method == "lora" and r32.lora.r == 32
     assert r32.model == "smollm2-135m-instruct" and r32.train.lr == got["teacher-lora"].train.lr
@@ -191,18 +191,20 @@ def test_custom_strategy_can_change_a_builtin(tmp_path):
         {
             "task": "t",
             "output": "o",
-            "custom_strategies": {"student-kd": {"recipe": {"temperature": 2.0}, "steps": 9}},
+            "custom_strategies": {"student-kd": {"recipe": {"kd": {"temperature": 2.0}}, "steps": 9}},
         }
     )
     kd = training_configs(cfg, tmp_path, tmp_path)["student-kd"]
-    assert kd.temperature == 2.0 and kd.train.max_steps == 9 and kd.mode == "cached" and kd.cache.k == 32
+    assert kd.kd.temperature == 2.0 and kd.train.max_steps == 9 and kd.mode == "cached"
+    assert kd.kd.top_k == 32 and kd.kd.loss == "fkl"  # the rest of the built-in kd section is kept
     assert cfg.strategies == ["teacher", "teacher-lora", "student-ft", "student-kd"]  # no new candidate
 
 
 @pytest.mark.parametrize(
     ("entry", "message"),
     [
-        ({"kind": "distill", "steps": 5, "recipe": {"loss": "nope"}}, "custom_strategies.mine.recipe.loss"),
+        ({"kind": "distill", "steps": 5, "recipe": {"kd": {"loss": "nope"}}}, "custom_strategies.mine.recipe.kd.loss"),
+        ({"kind": "distill", "steps": 5, "recipe": {"loss": "jsd"}}, "custom_strategies.mine.recipe.loss: moved to kd.loss"),
         ({"kind": "distill", "steps": 5, "recipe": {"tempreature": 2}}, "custom_strategies.mine.recipe.tempreature: unknown key"),
         ({"kind": "distill"}, "custom_strategies.mine.steps: required"),
         ({"steps": 5}, "custom_strategies.mine.kind: required"),
@@ -282,3 +284,17 @@ def test_a_custom_student_gets_its_own_measured_layers(tiny_task, tiny_teacher_d
     assert sorted(kept) == sorted(sorted(range(4), key=lambda i: -scores[i])[:3])  # the 3 most influential
     tcs = training_configs(cfg, view, out, resolved)
     assert tcs["student-3l"].model == three and tcs["student-ft"].model == two
+
+
+def test_kd_loss_is_any_registered_loss_and_reaches_the_kd_section(tmp_path):
+    from distilltune.distill.kd_losses import KD_LOSSES, register_loss
+
+    with pytest.raises(Exception, match=r"kd_loss[\s\S]*unknown loss 'half-l1'; known losses: fkl, rkl"):
+        CompareConfig.model_validate({"task": "t", "output": "o", "kd_loss": "half-l1"})
+    register_loss("half-l1", lambda q, p, **_: 0.5 * (p.exp() - q.exp()).abs().sum(-1), "half L1", "half L1")
+    try:
+        cfg = CompareConfig.model_validate({"task": "t", "output": "o", "kd_loss": "half-l1", "kd_top_k": 4})
+        kd = training_configs(cfg, tmp_path, tmp_path)["student-kd"]
+        assert (kd.kd.loss, kd.kd.top_k) == ("half-l1", 4)
+    finally:
+        KD_LOSSES.pop("half-l1")

@@ -20,7 +20,7 @@ def test_online_and_on_policy_modes(tiny_task, tiny_teacher_dir, tmp_path, mode)
         tiny_teacher_dir,
         out,
         mode=mode,
-        loss="skl",
+        kd={"loss": "skl"},
         onpolicy={"lmbda": 0.5, "max_new_tokens": 5},
         train={"max_steps": 4},
     )

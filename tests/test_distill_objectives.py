@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from distilltune.data.chat import collate, encode_many, with_system
-from distilltune.distill.objectives import CachedKD, KDParams, OnlineKD
+from distilltune.distill.config import KDSettings
+from distilltune.distill.objectives import CachedKD, OnlineKD
 from distilltune.distill.teacher_cache import build_teacher_cache
 from distilltune.errors import UserError
 from distilltune.train.objectives import AnswerLogitsModel
@@ -80,7 +81,7 @@ def test_cached_objective_fast_path_equals_wrapped_path(
     cache = build_teacher_cache(
         teacher, examples, tmp_path / "c", key="o", k=8, pad_id=tokenizer.pad_token_id, positions=positions
     )
-    obj = CachedKD(cache, KDParams(loss="jsd", alpha=alpha, chunk_size=7))
+    obj = CachedKD(cache, KDSettings(loss="jsd", alpha=alpha, chunk_size=7))
     net = AnswerLogitsModel(student)
     fast = _loss_and_grads(obj, net, student, batch)
     wrapped = _loss_and_grads(obj, Wrapped(net), student, batch)
@@ -97,7 +98,7 @@ def test_online_objective_fast_path_equals_wrapped_path(models, batch_and_exampl
     teacher, student = models
     batch, _ = batch_and_examples
     obj = OnlineKD(
-        teacher, KDParams(loss="srkl", alpha=0.3, temperature=2.0, chunk_size=5, positions=positions)
+        teacher, KDSettings(loss="srkl", alpha=0.3, temperature=2.0, chunk_size=5, positions=positions)
     )
     net = AnswerLogitsModel(student)
     _assert_same(
@@ -113,7 +114,7 @@ def test_all_positions_loss_is_ce_on_answers_plus_kd_on_every_token(models, batc
 
     teacher, student = models
     batch, _ = batch_and_examples
-    obj = OnlineKD(teacher, KDParams(loss="fkl", alpha=alpha, chunk_size=6, positions="all"))
+    obj = OnlineKD(teacher, KDSettings(loss="fkl", alpha=alpha, chunk_size=6, positions="all"))
     got = _loss_and_grads(obj, AnswerLogitsModel(student), student, batch)
 
     student.zero_grad(set_to_none=True)
@@ -147,7 +148,7 @@ def test_cached_with_the_whole_vocabulary_equals_online(
         teacher, sub, tmp_path / "full", key="v", k=vocab, pad_id=tokenizer.pad_token_id, positions=positions
     )
     b = dict(batch, index=torch.arange(len(sub)))
-    params = KDParams(loss="fkl", alpha=0.3, positions=positions)
+    params = KDSettings(loss="fkl", alpha=0.3, positions=positions)
     net = AnswerLogitsModel(student)
     cached = _loss_and_grads(CachedKD(cache, params), net, student, b)
     online = _loss_and_grads(OnlineKD(teacher, params), net, student, b)
@@ -165,4 +166,4 @@ def test_cache_for_other_data_is_refused(models, batch_and_examples, tokenizer, 
     )
     shifted = dict(batch, index=(batch["index"] + 1) % len(examples))
     with pytest.raises(UserError, match="does not match this batch"):
-        CachedKD(cache, KDParams())(AnswerLogitsModel(student), shifted, 0)
+        CachedKD(cache, KDSettings())(AnswerLogitsModel(student), shifted, 0)

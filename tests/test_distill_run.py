@@ -17,7 +17,7 @@ from distilltune.train.progress import SilentReporter
 
 def test_cached_kd_end_to_end(tiny_task, tiny_teacher_dir, tmp_path):
     out = tmp_path / "run"
-    cfg = distill_cfg(tiny_task, tiny_teacher_dir, out, loss="jsd", cache={"k": 8})
+    cfg = distill_cfg(tiny_task, tiny_teacher_dir, out, kd={"loss": "jsd", "top_k": 8})
     assert run_distill(cfg, reporter=SilentReporter()) == out
     for name in ("config.yaml", "metrics.jsonl", "README.md", "train_summary.json", ".complete"):
         assert (out / name).is_file(), name
@@ -48,7 +48,8 @@ def test_second_strategy_reuses_the_cache_without_loading_the_teacher(
     tiny_task, tiny_teacher_dir, tmp_path, monkeypatch
 ):
     run_distill(
-        distill_cfg(tiny_task, tiny_teacher_dir, tmp_path / "a", loss="fkl"), reporter=SilentReporter()
+        distill_cfg(tiny_task, tiny_teacher_dir, tmp_path / "a", kd={"loss": "fkl"}),
+        reporter=SilentReporter(),
     )
     import distilltune.distill.distill as dd
 
@@ -57,7 +58,8 @@ def test_second_strategy_reuses_the_cache_without_loading_the_teacher(
 
     monkeypatch.setattr(dd, "load_teacher", no_teacher)
     out = run_distill(
-        distill_cfg(tiny_task, tiny_teacher_dir, tmp_path / "b", loss="rkl"), reporter=SilentReporter()
+        distill_cfg(tiny_task, tiny_teacher_dir, tmp_path / "b", kd={"loss": "rkl"}),
+        reporter=SilentReporter(),
     )
     a = json.loads((tmp_path / "a" / "train_summary.json").read_text())["teacher_cache"]
     b = json.loads((out / "train_summary.json").read_text())["teacher_cache"]
@@ -146,7 +148,7 @@ def test_cli_distill_and_bad_input(tiny_task, tiny_teacher_dir, tmp_path):
         "-q",
         *[f"train.{k}={v}" for k, v in FAST_TRAIN.items()],
         f"cache.dir={tmp_path / 'cache'}",
-        "cache.k=4",
+        "kd.top_k=4",
     ]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output

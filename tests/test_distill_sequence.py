@@ -6,19 +6,16 @@ import json
 
 import pytest
 
+from distilltune.distill.review import apply_patch, load_patch, read_records, write_records
 from distilltune.distill.sequence import (
     SequenceSettings,
-    apply_patch,
     degenerate_reason,
     generate_records,
     kept_conversations,
     load_extra_prompts,
-    load_patch,
     max_ngram_repeats,
-    read_records,
     summary,
     train_prompts,
-    write_records,
 )
 from distilltune.errors import UserError
 from distilltune.models.generate import Generation

@@ -20,7 +20,7 @@ FAST = {
 def test_rag_trains_on_retrieved_context(tiny_task, tiny_model_dir, tokenizer, tmp_path):
     from distilltune.task import load_task
     from distilltune.train.data import build_examples
-    from distilltune.train.finetune import make_prompter
+    from distilltune.train.run import make_prompter
 
     cfg = FinetuneConfig(
         task=str(tiny_task),

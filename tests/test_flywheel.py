@@ -210,6 +210,22 @@ def test_review_file_keeps_the_reviewers_work_and_imports_page_decisions(log_db,
     assert any("needs a non-empty answer" in str(p) and p.line == len(items) + 1 for p in e.value.problems)
 
 
+def test_review_file_reports_every_bad_line_with_its_number(tmp_path):
+    path = tmp_path / "review.jsonl"
+    good = {"id": "a", "decision": None, "answer": "", "note": ""}
+    lines = [json.dumps(good), "{not json", "", "[1, 2]", json.dumps({"decision": None}), json.dumps(good)]
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(UserError) as e:
+        read_review(path)
+    found = {(p.line, p.message.split(":")[0]) for p in e.value.problems}
+    assert found == {
+        (2, "malformed JSON"),
+        (4, "expected a JSON object, found list"),
+        (5, "expected an id (a string)"),
+        (6, "item 'a' appears twice"),
+    }
+
+
 # ---- merge -------------------------------------------------------------------------------------------
 
 

@@ -49,7 +49,8 @@ def _blend1(tmp_path, task, teacher) -> dict:
                     "task": "${task}",
                     "teacher": "${teacher_lora}",
                     "student": "teacher:n_layers=2",
-                    "cache": {"k": 4, "dir": str(tmp_path / "cache")},
+                    "kd": {"top_k": 4},
+                    "cache": {"dir": str(tmp_path / "cache")},
                     "train": TRAIN,
                 },
             },
@@ -74,7 +75,7 @@ def test_substitution_defaults_and_overrides(tmp_path, tiny_task, tiny_teacher_d
     pipe = load_pipeline(
         _write(tmp_path, _blend1(tmp_path, tiny_task, tiny_teacher_dir)),
         [
-            "student.loss=rkl",
+            "student.kd.loss=rkl",
             "teacher_lora.train.max_steps=1",
             "vars.task=/elsewhere",
             f"output={tmp_path / 'o'}",
@@ -83,7 +84,7 @@ def test_substitution_defaults_and_overrides(tmp_path, tiny_task, tiny_teacher_d
     t, s = pipe.steps
     assert t.output == tmp_path / "o" / "teacher_lora" and s.output == tmp_path / "o" / "student"
     assert s.config.teacher == str(t.output)
-    assert s.config.loss == "rkl" and t.config.train.max_steps == 1
+    assert s.config.kd.loss == "rkl" and t.config.train.max_steps == 1
     assert t.config.task == "/elsewhere"
 
 
@@ -92,7 +93,10 @@ def test_every_problem_is_reported_at_once(tmp_path):
         "name": "bad",
         "colour": "blue",
         "steps": [
-            {"name": "a", "distill": {"task": "t", "teacher": "${later}", "output": "o1", "loss": "nope"}},
+            {
+                "name": "a",
+                "distill": {"task": "t", "teacher": "${later}", "output": "o1", "kd": {"loss": "nope"}},
+            },
             {"name": "later", "finetune": {"task": "t", "model": "m", "output": "o2"}},
             {"name": "a", "finetune": {"task": "t", "model": "m"}},
             {"name": "both", "finetune": {}, "distill": {}},
@@ -104,7 +108,7 @@ def test_every_problem_is_reported_at_once(tmp_path):
     text = "\n".join(str(p) for p in e.value.problems)
     assert "colour" in text
     assert "${later} is neither a variable nor the output of an earlier step" in text
-    assert "steps.0.distill.loss" in text
+    assert "steps.0.distill.kd.loss" in text and "known losses: fkl, rkl" in text
     assert "'a' is already used" in text
     assert "exactly one of finetune: or distill:" in text
     assert "same output" in text
@@ -147,7 +151,8 @@ def test_blend_distill_then_finetune_student(tmp_path, tiny_task, tiny_teacher_d
                     "task": str(tiny_task),
                     "teacher": str(tiny_teacher_dir),
                     "student": "teacher:n_layers=2",
-                    "cache": {"k": 4, "dir": str(tmp_path / "cache")},
+                    "kd": {"top_k": 4},
+                    "cache": {"dir": str(tmp_path / "cache")},
                     "train": TRAIN,
                 },
             },

@@ -10,10 +10,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from distilltune.errors import UserError
-from distilltune.models import load_model
+from distilltune.models import load_model, load_tokenizer
 from distilltune.models.importance import task_width_importance
 from distilltune.models.spec import parse_student_spec
 from distilltune.models.width import save_scores, top_units, weight_importance
+from distilltune.train.methods import meta_model
 from tiny_models import build_tiny_llama
 
 TEXTS = [
@@ -186,6 +187,14 @@ def test_spec_parse_keeps_layers_commas_and_prints_canonically():
     assert spec.text() == "teacher:layers=0,1,5,mlp=0.5,heads=1"
     assert parse_student_spec("runs/a/model") is None
     assert parse_student_spec("teacher:mlp=0.5").layer_choice(4) == [0, 1, 2, 3]
+    # 'teacher' is bound to the command's teacher only where a model is read, and must then be given
+    assert spec.bound("runs/t").text() == "runs/t:layers=0,1,5,mlp=0.5,heads=1"
+    assert parse_student_spec("base:n_layers=2").bound(None).base == "base"
+    with pytest.raises(UserError, match="names 'teacher' but no teacher model was given"):
+        spec.bound(None)
+    for read in (load_model, load_tokenizer, lambda ref: meta_model(ref)):
+        with pytest.raises(UserError, match="no teacher model was given"):
+            read("teacher:n_layers=2")
 
 
 def test_scores_measured_on_another_depth_are_refused(dead_mlp, tmp_path):

@@ -73,7 +73,8 @@ def test_distillation_trains_a_width_pruned_student(tiny_task, tiny_teacher_dir,
     spec = "teacher:n_layers=2,mlp=0.5,heads=0.5"
     out = tmp_path / "run"
     run_distill(
-        distill_cfg(tiny_task, tiny_teacher_dir, out, loss="fkl", student=spec), reporter=SilentReporter()
+        distill_cfg(tiny_task, tiny_teacher_dir, out, kd={"loss": "fkl"}, student=spec),
+        reporter=SilentReporter(),
     )
     model = load_artifact(out)
     assert (model.config.num_hidden_layers, model.config.intermediate_size) == (2, 64)

@@ -174,7 +174,8 @@ def main() -> int:
                 student="teacher:n_layers=2",
                 output=str(work / f"student-{mode}"),
                 mode=mode,
-                cache={"k": 8, "dir": str(work / "cache")},
+                kd={"top_k": 8},
+                cache={"dir": str(work / "cache")},
                 train=TrainSettings(**train),
             )
             run_distill(cfg, reporter=SilentReporter())

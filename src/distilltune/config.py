@@ -95,7 +95,12 @@ class FieldProblems(ValueError):
         self.items = items
 
 
-def validation_problems(err: ValidationError, source: str) -> list[Problem]:
+def validation_problems(
+    err: ValidationError, source: str, moved: dict[str, str] | None = None
+) -> list[Problem]:
+    """One ``Problem`` per pydantic error (a ``FieldProblems`` validator error: one per its field);
+    ``moved`` (a model's ``MOVED_KEYS``: old dotted key → new) turns "unknown key" into where a
+    renamed setting lives now."""
     problems = []
     for e in err.errors():
         loc = ".".join(str(x) for x in e["loc"])
@@ -107,7 +112,11 @@ def validation_problems(err: ValidationError, source: str) -> list[Problem]:
                 for f, m in found_many.items
             ]
             continue
-        if e["type"] == "extra_forbidden":
+        if e["type"] == "extra_forbidden" and moved and loc in moved:
+            new = moved[loc]
+            section, _, key = new.rpartition(".")
+            msg = f"moved to {new} (write it under {section}: as {key})" if section else f"renamed to {new}"
+        elif e["type"] == "extra_forbidden":
             msg = "unknown key"
         elif "input" in e and e["type"] not in ("missing",):
             found = e["input"]
@@ -143,7 +152,8 @@ def resolve_config(
         return cls.model_validate(data)
     except ValidationError as e:
         source = str(config_file) if config_file else "<config>"
-        raise UserError("invalid configuration", validation_problems(e, source)) from None
+        moved = getattr(cls, "MOVED_KEYS", None)
+        raise UserError("invalid configuration", validation_problems(e, source, moved)) from None
 
 
 def to_yaml(cfg: BaseModel) -> str:

@@ -1,13 +1,19 @@
-"""Atomic file and directory writes.
+"""Atomic file and directory writes, the one JSONL reader for user files, the one cross-process lock.
 
 Every output distilltune writes (configs, metrics, checkpoints, reports, caches) goes through these
 helpers so an interrupted process never leaves a file or directory that looks complete: content is
 written to a temporary sibling and moved into place with ``os.replace`` (atomic on POSIX).
+
+User-written JSONL files (task data, suites, patches, extra prompts) are parsed by
+``read_jsonl_objects``, so every reader reports a bad line the same way (``FILE:LINE: ...``, all of
+them at once). Builders of shared caches (the knowledge index, the teacher cache) serialise on
+``file_lock``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -15,6 +21,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from distilltune.errors import ProblemList
 
 
 def _default_file_mode() -> int:
@@ -74,6 +82,56 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
         except json.JSONDecodeError:
             continue  # torn last line of an interrupted run
     return rows
+
+
+def read_jsonl_objects(path: str | os.PathLike, problems: ProblemList, source: str | None = None):
+    """(line number, object) for each non-blank line of a user's JSONL file that holds a JSON object.
+
+    Why one reader: the task loader, the guard's suites, sequence-level patches and extra prompts all
+    read files a person wrote by hand, and each bad line must be reported the same way, all at once,
+    with its line number. Unreadable files, malformed lines and non-objects go to ``problems`` (under
+    ``source``, default the path); callers validate the objects' fields and report against the same line.
+    """
+    source = source or str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        problems.add(source, f"not UTF-8 text (byte {e.start})")
+        return []
+    except OSError as e:
+        problems.add(source, f"cannot read the file: {e.strerror or e}")
+        return []
+    out: list[tuple[int, dict]] = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            problems.add(source, f"malformed JSON: {e.msg} at column {e.colno}", lineno)
+            continue
+        if not isinstance(obj, dict):
+            problems.add(source, f"expected a JSON object, found {type(obj).__name__}", lineno)
+            continue
+        out.append((lineno, obj))
+    return out
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``path`` (created if missing) across processes.
+
+    Used by builders of content-addressed caches: concurrent builders of the same key wait here, then
+    find the finished result and reuse it. The lock is released when the process exits, even on a crash.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager

@@ -11,7 +11,14 @@ from pathlib import Path
 
 import typer
 
-from distilltune.cli.common import CONFIG_OPT, OVERRIDES_ARG, PRINT_CONFIG_OPT, build_config, out
+from distilltune.cli.common import CONFIG_OPT, OVERRIDES_ARG, PRINT_CONFIG_OPT, nested, out
+
+
+def _loss_help() -> str:
+    """The registered KD losses, from the registry (a registered loss appears here by itself)."""
+    from distilltune.distill.kd_losses import loss_help
+
+    return loss_help()
 
 
 def register(app: typer.Typer) -> None:
@@ -29,7 +36,9 @@ def register(app: typer.Typer) -> None:
             help="Student: a spec like teacher:n_layers=6 / teacher:layers=0,1,2,27,28,29, or a model with the same tokenizer.",
         ),
         output: Path = typer.Option(None, "--output", "-o", help="Run directory to write."),
-        loss: str = typer.Option(None, "--loss", help="fkl | rkl | jsd | skl | srkl | tvd (default fkl)."),
+        loss: str = typer.Option(
+            None, "--loss", help=f"KD loss, sets kd.loss (default fkl). {_loss_help()}."
+        ),
         mode: str = typer.Option(
             None, "--mode", help="cached | online | sequence | on-policy (default cached)."
         ),
@@ -44,22 +53,21 @@ def register(app: typer.Typer) -> None:
         overrides: list[str] = OVERRIDES_ARG,
     ) -> None:
         """Distill a teacher into a smaller student (logit KD, sequence-level or on-policy)."""
-        from distilltune.distill.config import DistillConfig
+        from distilltune.config import to_yaml
+        from distilltune.distill.distill import load_distill_config
 
-        cfg = build_config(
-            DistillConfig,
-            config,
-            {
-                "task": str(task) if task else None,
-                "teacher": teacher,
-                "student": student,
-                "output": str(output) if output else None,
-                "loss": loss,
-                "mode": mode,
-            },
-            overrides,
-            print_config,
-        )
+        cli_values = {
+            "task": str(task) if task else None,
+            "teacher": teacher,
+            "student": student,
+            "output": str(output) if output else None,
+            "mode": mode,
+            **nested("kd", loss=loss),
+        }
+        cfg = load_distill_config(config, cli_values, overrides, resume=resume)
+        if print_config:
+            out.print(to_yaml(cfg), end="", markup=False)
+            raise typer.Exit(0)
         from distilltune.runtime import ensure_fast_allocator, set_threads
 
         ensure_fast_allocator(quiet=quiet)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from distilltune.compare.strategies import (
     BUILTIN,
@@ -22,6 +22,7 @@ from distilltune.compare.strategies import (
     strategy_table,
 )
 from distilltune.config import FieldProblems, StrictModel, deep_merge
+from distilltune.distill.kd_losses import get_loss
 from distilltune.retrieval.config import RetrievalConfig
 from distilltune.train.config import LoraSettings
 
@@ -113,8 +114,8 @@ class CompareConfig(StrictModel):
     )
     teacher_lora: LoraSettings = Field(default_factory=LoraSettings, description="teacher-lora's adapter")
     teacher_lora_lr: float | None = Field(default=None, gt=0, description="teacher-lora's learning rate")
-    kd_loss: Literal["fkl", "rkl", "jsd", "skl", "srkl", "tvd"] = "fkl"
-    kd_top_k: int = Field(default=32, ge=1)
+    kd_loss: str = Field(default="fkl", description="student-kd's kd.loss (a registered KD loss)")
+    kd_top_k: int = Field(default=32, ge=1, description="student-kd's kd.top_k")
     budgets: BudgetOverrides = BudgetOverrides()  # override the task's budgets
     price_per_hour: float = Field(
         default=0.10, ge=0, description="compute price for the training-cost column"
@@ -145,6 +146,12 @@ class CompareConfig(StrictModel):
         ge=1,
         description="cap on the teacher's answers for sequence-level KD (a cut answer is dropped)",
     )
+
+    @field_validator("kd_loss")
+    @classmethod
+    def _registered_loss(cls, v: str) -> str:
+        get_loss(v)  # ValueError naming the registered losses
+        return v
 
     @model_validator(mode="before")
     @classmethod

@@ -135,13 +135,14 @@ def train_config(cfg, s: Strategy, view: Path, out: Path, refs: Refs) -> BaseMod
     found: list[str] = []
     data = deep_merge(data, _substitute(s.recipe, cfg, f"{_where(s)}.recipe", found))
     problems = [Problem("<compare config>", m) for m in found]
+    cls = DistillConfig if TRAINER[s.kind] == "distill" else FinetuneConfig
     try:
         if not problems:
-            return (DistillConfig if TRAINER[s.kind] == "distill" else FinetuneConfig).model_validate(data)
+            return cls.model_validate(data)
     except ValidationError as e:
-        problems = [
+        problems = [  # a moved key (``loss`` → ``kd.loss``) says where it lives now
             Problem(p.file, p.message, field=f"{_where(s)}.recipe.{p.field}")
-            for p in validation_problems(e, "<compare config>")
+            for p in validation_problems(e, "<compare config>", getattr(cls, "MOVED_KEYS", None))
         ]
     raise UserError(f"strategy {s.name!r}: invalid recipe", problems)
 
@@ -225,11 +226,10 @@ def size_fraction(refs: Refs, name: str) -> float:
     total = _layers(spec.base) if spec else None
     if spec is None or total is None:
         return 0.25
-    kept = (
-        spec.n_layers
-        if spec.n_layers is not None
-        else len([v for v in (spec.layers or "").split(",") if v.strip()])
-    )
+    try:
+        kept = len(spec.layer_choice(total))
+    except UserError:  # layers the base does not have: reported when the run is checked
+        return 0.25
     # width pruning thins each kept layer: about 2/3 of a layer's weights are MLP, 1/3 attention
     width = 2 / 3 * (spec.mlp or 1.0) + 1 / 3 * (spec.heads or 1.0)
     return min(1.0, kept / total * width)

@@ -74,7 +74,7 @@ class StrategySpec(StrictModel):
     student: str | None = Field(default=None, description="distill: the student (default student)")
     recipe: dict[str, Any] = Field(
         default_factory=dict,
-        description="finetune/distill config keys merged over the comparison's (e.g. lora.r, loss)",
+        description="finetune/distill config keys merged over the comparison's (e.g. lora.r, kd.loss)",
     )
     depends_on: list[str] | None = Field(default=None, description="strategies trained first")
     steps: int | dict[Preset, int] | None = Field(
@@ -141,7 +141,7 @@ def _builtin() -> dict[str, Strategy]:
             teacher="teacher-lora",
             student="student",
             description="the student distilled (cached top-k logit KD) from the fine-tuned teacher",
-            recipe={"mode": "cached", "loss": "${kd_loss}", "cache": {"k": "${kd_top_k}"}},
+            recipe={"mode": "cached", "kd": {"loss": "${kd_loss}", "top_k": "${kd_top_k}"}},
             steps={"quick": 40, "full": 120},
         ),
         Strategy(

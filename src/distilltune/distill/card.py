@@ -48,21 +48,14 @@ def _signal_lines(cfg, summary: dict) -> list[str]:
 
 
 def distill_card(cfg, summary: dict, task) -> str:
-    loss_desc = {
-        "fkl": "forward KL",
-        "rkl": "reverse KL",
-        "jsd": f"generalised JSD (β={cfg.beta})",
-        "skl": f"skew forward KL (α={cfg.skew})",
-        "srkl": f"skew reverse KL (α={cfg.skew})",
-        "tvd": "total variation",
-    }[cfg.loss]
+    kd = cfg.kd
     objective = (
         "cross-entropy on the teacher's curated answers (sequence-level KD)"
         if cfg.mode == "sequence"
-        else f"{cfg.alpha}·CE(labels) + {1 - cfg.alpha:g}·T²·{loss_desc}, T={cfg.temperature}; "
+        else f"{kd.alpha}·CE(labels) + {1 - kd.alpha:g}·T²·{kd.describe()}, T={kd.temperature}; "
         + (
             "the divergence at every token the teacher reads (prompt, context, answer), CE on the answers"
-            if cfg.positions == "all"
+            if kd.positions == "all"
             else "both on the answer tokens"
         )
     )

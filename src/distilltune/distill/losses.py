@@ -4,17 +4,8 @@ Shapes: ``N`` positions (the distillation positions of a batch, already gathered
 by default, ``positions: answer`` for the answer tokens only), ``V`` vocabulary,
 ``k`` cached teacher entries per position, ``H`` hidden width.
 
-Divergences (``divergence``), all per position and summed over the vocabulary, with
-``p`` = teacher, ``q`` = student:
-
-- ``fkl``  forward KL  KL(p‖q) (mode-covering, the classic Hinton KD);
-- ``rkl``  reverse KL  KL(q‖p) (mode-seeking, MiniLLM);
-- ``jsd``  generalised Jensen-Shannon (GKD, Agarwal et al. 2024):
-  β·KL(p‖m) + (1-β)·KL(q‖m) with m = β·p + (1-β)·q; β=0 is forward KL and β=1 reverse KL,
-  exactly as ``trl.experimental.gkd.GKDTrainer.generalized_jsd_loss`` defines it;
-- ``skl``  skew forward KL  KL(p‖α·p + (1-α)·q)  (DistiLLM, skew α);
-- ``srkl`` skew reverse KL  KL(q‖α·q + (1-α)·p);
-- ``tvd``  total variation  ½·Σ|p - q|.
+The divergences themselves (``fkl``, ``rkl``, ``jsd``, ``skl``, ``srkl``, ``tvd`` and any loss a user
+registers) live in the registry ``distill.kd_losses``; ``divergence`` looks the name up there.
 
 Temperature T divides both sides' logits and the divergence is multiplied by T² so gradient
 magnitudes stay comparable across temperatures (Hinton et al.). The cross-entropy on the labels is
@@ -36,67 +27,16 @@ contributes exactly zero and never NaN.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
+from distilltune.distill.kd_losses import BUILTIN_LOSSES, LOG_FLOOR, divergence
+
 IGNORE_INDEX = -100
-LOG_FLOOR = -1.0e4  # exp(LOG_FLOOR) == 0 in float32: "impossible", but finite (no inf * 0 = NaN)
-LossName = Literal["fkl", "rkl", "jsd", "skl", "srkl", "tvd"]
-LOSSES: tuple[str, ...] = ("fkl", "rkl", "jsd", "skl", "srkl", "tvd")
-
-
-def _kl(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
-    """KL(p‖q) per position from log-probabilities [..., V] → [...]."""
-    return (logp.exp() * (logp - logq)).sum(-1)
-
-
-def _log_mix(logp: torch.Tensor, logq: torch.Tensor, w: float) -> torch.Tensor:
-    """log(w·p + (1-w)·q), computed in log space; w in (0, 1)."""
-    return torch.logaddexp(logp + math.log(w), logq + math.log1p(-w))
-
-
-def divergence(
-    student_logp: torch.Tensor,
-    teacher_logp: torch.Tensor,
-    loss: str = "fkl",
-    beta: float = 0.5,
-    skew: float = 0.1,
-) -> torch.Tensor:
-    """Per-position divergence between two distributions given as log-probabilities.
-
-    student_logp, teacher_logp: [..., V] (normalised over the last dim). Returns [...].
-    ``beta`` is the JSD interpolation (0 = forward KL, 1 = reverse KL); ``skew`` is DistiLLM's α.
-    """
-    q = student_logp.clamp(min=LOG_FLOOR)
-    p = teacher_logp.clamp(min=LOG_FLOOR)
-    if loss == "fkl":
-        return _kl(p, q)
-    if loss == "rkl":
-        return _kl(q, p)
-    if loss == "jsd":
-        if not 0.0 <= beta <= 1.0:
-            raise ValueError(f"jsd beta must be in [0, 1], got {beta}")
-        if beta == 0.0:
-            return _kl(p, q)
-        if beta == 1.0:
-            return _kl(q, p)
-        m = _log_mix(p, q, beta)
-        return beta * _kl(p, m) + (1.0 - beta) * _kl(q, m)
-    if loss in ("skl", "srkl"):
-        if not 0.0 <= skew < 1.0:
-            raise ValueError(f"skew alpha must be in [0, 1), got {skew}")
-        if skew == 0.0:
-            return _kl(p, q) if loss == "skl" else _kl(q, p)
-        if loss == "skl":
-            return _kl(p, _log_mix(p, q, skew))
-        return _kl(q, _log_mix(q, p, skew))
-    if loss == "tvd":
-        return 0.5 * (p.exp() - q.exp()).abs().sum(-1)
-    raise ValueError(f"unknown loss {loss!r}; expected one of {', '.join(LOSSES)}")
+LOSSES: tuple[str, ...] = BUILTIN_LOSSES  # the built-in losses (the registry may hold more)
 
 
 def _position_mask(shape: torch.Size, labels: torch.Tensor | None, ignore_index: int, device) -> torch.Tensor:

@@ -5,6 +5,9 @@
 - ``OnPolicyKD`` (``distill.onpolicy``) wraps one of them and replaces a share of the batches by
   student-written answers that the live teacher scores.
 
+Each takes the config's ``kd:`` section (``KDSettings``) as it is: loss, temperature, alpha, beta,
+skew, positions and chunk size have one name and one default, the config's.
+
 All of them project the student's hidden states to the vocabulary only at the distilled positions
 (the answer tokens, or every token with ``positions="all"``; ``forward.kd_mask``) and chunk by chunk
 (``losses.chunked_head_loss``), so neither model's full-vocabulary logits ever exist for the whole
@@ -20,13 +23,14 @@ With several processes (DDP, FSDP) the student must run through the prepared wra
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from distilltune.data.chat import IGNORE_INDEX
+from distilltune.distill.config import KDSettings
 from distilltune.distill.losses import (
     chunked_head_loss,
     chunked_logits_loss,
@@ -39,17 +43,6 @@ from distilltune.errors import UserError
 from distilltune.train.forward import AnswerStates, answer_states, kd_mask, unwrap
 
 TeacherTerm = Callable[[torch.Tensor, int, int], torch.Tensor]  # (student logits chunk, start, end) → KD sum
-
-
-@dataclass(frozen=True)
-class KDParams:
-    loss: str = "fkl"
-    temperature: float = 1.0
-    beta: float = 0.5
-    skew: float = 0.1
-    alpha: float = 0.5
-    chunk_size: int = 512
-    positions: str = "answer"  # "answer" or "all" (forward.KD_POSITIONS)
 
 
 def _distributed() -> bool:
@@ -78,7 +71,7 @@ def student_states(
     )
 
 
-def mixed_fn(targets: torch.Tensor, teacher_term: TeacherTerm, p: KDParams, alpha: float):
+def mixed_fn(targets: torch.Tensor, teacher_term: TeacherTerm, p: KDSettings, alpha: float):
     """A chunk function for ``chunked_head_loss``: alpha·CE + (1 - alpha)·KD, autograd for the gradient."""
 
     def fn(logits: torch.Tensor, s: int, e: int):
@@ -93,7 +86,7 @@ def mixed_fn(targets: torch.Tensor, teacher_term: TeacherTerm, p: KDParams, alph
     return fn
 
 
-def kd_step(st: AnswerStates, make_fn: Callable[[float], Callable], p: KDParams):
+def kd_step(st: AnswerStates, make_fn: Callable[[float], Callable], p: KDSettings):
     """(loss, metrics) for one batch, chunked over positions.
 
     ``make_fn(alpha')`` builds the chunk function for the CE weight ``alpha'`` that, times the scale
@@ -117,7 +110,7 @@ def kd_step(st: AnswerStates, make_fn: Callable[[float], Callable], p: KDParams)
 class CachedKD:
     """KD against the cached teacher top-k (+ tail bucket); the teacher is never loaded."""
 
-    def __init__(self, cache, params: KDParams):
+    def __init__(self, cache, params: KDSettings):
         self.cache = cache
         self.p = params
 
@@ -171,7 +164,7 @@ class HiddenTerm:
 class OnlineKD:
     """KD against the live teacher's full-vocabulary distribution (teacher frozen, eval mode)."""
 
-    def __init__(self, teacher: nn.Module, params: KDParams, hidden: HiddenTerm | None = None):
+    def __init__(self, teacher: nn.Module, params: KDSettings, hidden: HiddenTerm | None = None):
         self.teacher = teacher.eval()
         for q in self.teacher.parameters():
             q.requires_grad_(False)
@@ -211,7 +204,7 @@ class OnlineKD:
             )
 
         if alpha is not None:
-            p = replace(p, alpha=alpha)
+            p = p.model_copy(update={"alpha": alpha})
         loss, metrics = kd_step(st, lambda a: mixed_fn(st.targets, term, p, a), p)
         if want_hidden:
             from distilltune.distill.hidden import hidden_loss

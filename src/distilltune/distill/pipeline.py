@@ -156,9 +156,10 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipel
         body = _substitute(body, env, f"{where}.{kind}", problems, src)
         body.setdefault("output", str(output / sname))
         try:
-            cfg = _config_class(kind).model_validate(body)
+            cls = _config_class(kind)
+            cfg = cls.model_validate(body)
         except ValidationError as e:
-            for p in validation_problems(e, src):
+            for p in validation_problems(e, src, getattr(cls, "MOVED_KEYS", None)):
                 problems.append(
                     Problem(p.file, p.message, field=f"{where}.{kind}.{p.field}" if p.field else where)
                 )

@@ -33,6 +33,7 @@ from pydantic import Field
 from distilltune.config import StrictModel
 from distilltune.data.chat import with_system
 from distilltune.errors import ProblemList, UserError
+from distilltune.io import read_jsonl_objects
 from distilltune.text import normalize
 
 
@@ -170,17 +171,7 @@ def load_extra_prompts(path: str | Path) -> list[PromptItem]:
         raise UserError(f"{p}: extra prompts file not found")
     problems = ProblemList()
     items = []
-    for lineno, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            problems.add(str(p), f"malformed JSON: {e.msg}", lineno)
-            continue
-        if not isinstance(obj, dict):
-            problems.add(str(p), "expected a JSON object", lineno)
-            continue
+    for lineno, obj in read_jsonl_objects(p, problems):
         if isinstance(obj.get("prompt"), str) and obj["prompt"].strip():
             msgs = [{"role": "user", "content": obj["prompt"]}]
         elif isinstance(obj.get("messages"), list) and obj["messages"]:
@@ -303,83 +294,6 @@ def _accept(rec: SeqRecord, g, guard, settings: SequenceSettings) -> None:
     rec.messages = [*rec.messages, {"role": "assistant", "content": answer}]
     if reason:
         rec.status, rec.reason = "dropped", reason
-
-
-# --- review file and patches --------------------------------------------------------------------------
-
-
-def write_records(records: Sequence[SeqRecord], path: str | Path) -> None:
-    from distilltune.io import atomic_write_text
-
-    atomic_write_text(path, "".join(json.dumps(asdict(r), ensure_ascii=False) + "\n" for r in records))
-
-
-def read_records(path: str | Path) -> list[SeqRecord]:
-    p = Path(path)
-    out = []
-    for lineno, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            try:
-                out.append(SeqRecord(**json.loads(line)))
-            except (json.JSONDecodeError, TypeError) as e:
-                raise UserError(f"{p}:{lineno}: not a sequence-data record ({e})") from None
-    return out
-
-
-def load_patch(path: str | Path, known_ids: set[str]) -> dict[str, str | None]:
-    """id → corrected answer, or None to drop. Every problem (file:line) is reported at once."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{p}: patch file not found")
-    problems = ProblemList()
-    patch: dict[str, str | None] = {}
-    for lineno, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            problems.add(str(p), f"malformed JSON: {e.msg}", lineno)
-            continue
-        if not isinstance(obj, dict) or not isinstance(obj.get("id"), str):
-            problems.add(str(p), 'expected an object with a string "id"', lineno)
-            continue
-        pid = obj["id"]
-        unknown = set(obj) - {"id", "answer", "drop", "note"}
-        if unknown:
-            problems.add(
-                str(p), f"unknown keys {sorted(unknown)} (expected id, answer or drop, note)", lineno
-            )
-        has_answer = isinstance(obj.get("answer"), str) and obj["answer"].strip() != ""
-        drop = obj.get("drop") is True
-        if has_answer == drop:
-            problems.add(str(p), 'give exactly one of "answer" (non-empty text) or "drop": true', lineno)
-            continue
-        if pid not in known_ids:
-            problems.add(str(p), f"id {pid!r} is not in the generated data", lineno, "id")
-            continue
-        if pid in patch:
-            problems.add(str(p), f"id {pid!r} is patched twice", lineno, "id")
-            continue
-        patch[pid] = obj["answer"].strip() if has_answer else None
-    problems.raise_if_errors(f"{p}: invalid patch file")
-    return patch
-
-
-def apply_patch(records: list[SeqRecord], patch: dict[str, str | None]) -> int:
-    """Apply corrections in place (a correction also revives a dropped item). Returns items changed."""
-    n = 0
-    for r in records:
-        if r.id not in patch:
-            continue
-        fix = patch[r.id]
-        if fix is None:
-            r.status, r.reason = "dropped", "patch_drop"
-        else:
-            r.messages = [*r.messages[:-1], {"role": "assistant", "content": fix}]
-            r.status, r.reason, r.origin = "kept", None, "patch"
-        n += 1
-    return n
 
 
 def kept_conversations(records: Sequence[SeqRecord]) -> list[list[dict]]:

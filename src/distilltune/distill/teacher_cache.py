@@ -30,7 +30,6 @@ memory-mapped (numpy ``memmap`` on the safetensors data) and the teacher is not 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import struct
@@ -46,7 +45,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from distilltune.data.chat import IGNORE_INDEX, Example, collate
 from distilltune.errors import UserError
-from distilltune.io import atomic_write_bytes, atomic_write_json
+from distilltune.io import atomic_write_bytes, atomic_write_json, file_lock
 
 FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2)
@@ -386,17 +385,6 @@ def _batches(n: int, size: int, lengths: Sequence[int]) -> Iterator[list[int]]:
         yield order[s : s + size]
 
 
-@contextlib.contextmanager
-def _build_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def build_teacher_cache(
     model: torch.nn.Module,
     examples: Sequence[Example],
@@ -553,7 +541,7 @@ def ensure_teacher_cache(
     )
     path = root / key
     if not (path / MANIFEST).is_file():
-        with _build_lock(root / f".{key}.lock"):
+        with file_lock(root / f".{key}.lock"):
             if not (path / MANIFEST).is_file():
                 if log:
                     where = "every position" if positions == "all" else "the answer positions"

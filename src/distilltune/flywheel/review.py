@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 
 from distilltune.errors import ProblemList, UserError
-from distilltune.io import atomic_write_text
+from distilltune.io import atomic_write_text, read_jsonl_objects
 
 DECISIONS = ("accept", "edit", "reject")
 EDITABLE = ("decision", "answer", "note")
@@ -57,16 +57,9 @@ def read_review(path: str | Path) -> list[dict]:
         raise UserError(f"{p}: review file not found (run the review stage first)")
     problems = ProblemList()
     out, seen = [], set()
-    for lineno, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            problems.add(str(p), f"malformed JSON: {e.msg} at column {e.colno}", lineno)
-            continue
-        if not isinstance(obj, dict) or not isinstance(obj.get("id"), str):
-            problems.add(str(p), "expected a JSON object with an id", lineno)
+    for lineno, obj in read_jsonl_objects(p, problems):
+        if not isinstance(obj.get("id"), str):
+            problems.add(str(p), "expected an id (a string)", lineno, "id")
             continue
         _check_editable(obj, str(p), lineno, problems)
         if obj["id"] in seen:

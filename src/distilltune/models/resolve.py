@@ -109,12 +109,8 @@ def load_model(
 
     spec = parse_student_spec(ref)
     if spec:
-        base_ref = spec.base
-        if base_ref == "teacher":
-            if not teacher:
-                raise UserError(f"student spec {ref!r} names 'teacher' but no teacher model was given")
-            base_ref = teacher
-        base = load_model(base_ref, dtype=dtype)
+        # merge=True: a fine-tuned (LoRA/IA3) teacher is pruned with its adapter folded in.
+        base = load_model(spec.bound(teacher).base, dtype=dtype, merge=True)
         student = build_student(base.model, spec)
         del base.model
         student.train(trainable)
@@ -179,7 +175,7 @@ def load_tokenizer(ref: str, teacher: str | None = None):
     """Only the tokenizer of ``ref`` (cheap: no weights)."""
     spec = parse_student_spec(ref)
     if spec:
-        return load_tokenizer(teacher if spec.base == "teacher" and teacher else spec.base)
+        return load_tokenizer(spec.bound(teacher).base)
     kind, path = resolve_path(ref)
     if kind == "builtin":
         from distilltune.models.bundled import bundled_tokenizer_dir

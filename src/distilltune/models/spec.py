@@ -63,6 +63,15 @@ class StudentSpec:
     def replace(self, **changes) -> StudentSpec:
         return dataclasses.replace(self, **changes)
 
+    def bound(self, teacher: str | None) -> StudentSpec:
+        """This spec with a ``teacher`` base replaced by the command's teacher (loading weights,
+        tokenizers and meta-device configs all need the real model); an error if none was given."""
+        if self.base != "teacher":
+            return self
+        if not teacher:
+            raise UserError(f"student spec {self.text()!r} names 'teacher' but no teacher model was given")
+        return self.replace(base=teacher)
+
     def layer_choice(self, n_total: int) -> list[int]:
         """The base's layers this student keeps: explicit, first+last for ``n_layers``, else all."""
         from distilltune.models.student import default_layers, parse_layers

@@ -12,7 +12,6 @@ Reports hold ids, counts and labels, never prompt text or matched PII.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -21,6 +20,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from distilltune.errors import ProblemList
+from distilltune.io import read_jsonl_objects
 from distilltune.task.schema import Case
 
 
@@ -29,20 +29,10 @@ def load_cases(path: str | Path) -> list[Case]:
     path = Path(path)
     problems = ProblemList()
     cases: list[Case] = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        problems.add(str(path), f"cannot read the suite: {e}")
-        lines = []
     seen: set[str] = set()
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+    for lineno, obj in read_jsonl_objects(path, problems):
         try:
-            case = Case.model_validate(json.loads(line))
-        except json.JSONDecodeError as e:
-            problems.add(str(path), f"malformed JSON: {e.msg} at column {e.colno}", lineno)
-            continue
+            case = Case.model_validate(obj)
         except ValidationError as e:
             for err in e.errors():
                 where = ".".join(str(p) for p in err["loc"]) or None

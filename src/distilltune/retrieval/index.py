@@ -16,7 +16,6 @@ the old index only when complete, under a file lock, so concurrent processes nev
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import logging
 import os
@@ -29,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from distilltune.errors import UserError
-from distilltune.io import atomic_dir
+from distilltune.io import atomic_dir, file_lock
 from distilltune.retrieval.chunking import Chunk, chunk_documents, content_hash
 from distilltune.retrieval.config import RetrievalConfig, SearchMode
 from distilltune.retrieval.embed import Embedder, load_embedder
@@ -103,14 +102,8 @@ def _locked(uri: str) -> Iterator[None]:
     if not _is_local(uri):
         yield
         return
-    lock = _local_path(uri).with_name(_local_path(uri).name + ".lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with file_lock(_local_path(uri).with_name(_local_path(uri).name + ".lock")):
+        yield
 
 
 def _connect(uri: str):

@@ -8,7 +8,6 @@ compile, scenario ids are unique, train/eval conversations end with an assistant
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from distilltune.errors import Problem, ProblemList, UserError
+from distilltune.io import read_jsonl_objects
 from distilltune.task.schema import Case, Conversation, PolicySpec, TaskSpec
 
 KNOWLEDGE_SUFFIXES = (".md", ".txt")
@@ -140,22 +140,7 @@ def _load_jsonl(
 ) -> list[tuple[int, BaseModel]]:
     """Parse each line; returns (line number, item) for the valid ones, records problems for the rest."""
     out: list[tuple[int, BaseModel]] = []
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        problems.add(rel, f"not UTF-8 text (byte {e.start})")
-        return out
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            problems.add(rel, f"malformed JSON: {e.msg} at column {e.colno}", lineno)
-            continue
-        if not isinstance(obj, dict):
-            problems.add(rel, f"expected a JSON object, found {type(obj).__name__}", lineno)
-            continue
+    for lineno, obj in read_jsonl_objects(path, problems, rel):
         try:
             out.append((lineno, model.model_validate(obj)))
         except ValidationError as e:

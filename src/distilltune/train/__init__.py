@@ -1,14 +1,15 @@
-"""Training: the one explicit loop (Accelerate), objectives, PEFT methods, checkpoints, artifacts.
+"""Training: the one run setup, the one explicit loop (Accelerate), objectives, PEFT methods, artifacts.
 
-Fine-tuning and distillation share ``train_loop`` and differ only in the objective they plug in
-(see ``distilltune.train.loop`` for the usage and the objective contract).
+Fine-tuning and distillation are recipes of ``run_training`` (``distilltune.train.run``) and share
+``train_loop``; they differ only in the objective they plug in (see ``distilltune.train.loop`` for the
+usage and the objective contract).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["FinetuneConfig", "TrainSettings", "run_finetune", "train_loop"]
+__all__ = ["FinetuneConfig", "TrainSettings", "run_finetune", "run_training", "train_loop"]
 
 
 def __getattr__(name: str) -> Any:  # keep `import distilltune.train.config` cheap
@@ -20,6 +21,10 @@ def __getattr__(name: str) -> Any:  # keep `import distilltune.train.config` che
         from distilltune.train.loop import train_loop
 
         return train_loop
+    if name == "run_training":
+        from distilltune.train.run import run_training
+
+        return run_training
     if name == "run_finetune":
         from distilltune.train.finetune import run_finetune
 

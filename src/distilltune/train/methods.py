@@ -32,12 +32,7 @@ def _config_for(ref: str, teacher: str | None):
 
     spec = parse_student_spec(ref)
     if spec:
-        base = spec.base
-        if base == "teacher":
-            if not teacher:
-                raise UserError(f"student spec {ref!r} names 'teacher' but no teacher model was given")
-            base = teacher
-        cfg, _ = _config_for(base, None)
+        cfg, _ = _config_for(spec.bound(teacher).base, None)
         layers = spec.layer_choice(cfg.num_hidden_layers)
         cfg.num_hidden_layers = len(layers)
         if getattr(cfg, "layer_types", None):

@@ -10,6 +10,12 @@ Why a wrapper module: the vocabulary projection is the most expensive tensor of 
 that predict a label, and apply ``lm_head`` to those (1.24× faster, less memory; docs/design.md). Doing it
 inside ``forward`` of a module keeps DDP/FSDP gradient synchronisation intact (they hook ``forward``).
 
+Objectives are registered by name (``OBJECTIVES``): a builder takes the run being built
+(``train.run.RunContext``: config, tokenizer, trained model, the teacher signal a recipe prepared) and
+returns the objective. ``causal-lm`` is registered here; distillation registers its own
+(``distill.objectives``). A training run names its objective, and ``train.run`` looks it up, so a new
+objective is one ``register_objective`` call, not a branch in the run setup.
+
 Loss positions are row-major over (batch row, position) where ``labels[:, 1:] != IGNORE_INDEX``;
 ``loss_positions`` gives the same order to objectives that join per-token data (teacher top-k cache).
 """
@@ -17,14 +23,34 @@ Loss positions are row-major over (batch row, position) where ``labels[:, 1:] !=
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distilltune.errors import UserError
 from distilltune.train.forward import answer_states, loss_mask  # one forward for both objectives
 
 Objective = Callable[[nn.Module, dict[str, torch.Tensor], int], tuple[torch.Tensor, dict[str, float]]]
+ObjectiveBuilder = Callable[[Any], Objective]  # train.run.RunContext -> objective
+
+OBJECTIVES: dict[str, ObjectiveBuilder] = {}
+
+
+def register_objective(name: str, builder: ObjectiveBuilder) -> None:
+    """Make ``builder`` the objective called ``name`` (a training run names the one it trains with)."""
+    if name in OBJECTIVES:
+        raise ValueError(f"an objective named {name!r} is already registered")
+    OBJECTIVES[name] = builder
+
+
+def build_objective(name: str, ctx) -> Objective:
+    """The objective ``name`` for the run ``ctx``."""
+    builder = OBJECTIVES.get(name)
+    if builder is None:
+        raise UserError(f"unknown training objective {name!r}; registered: {', '.join(OBJECTIVES)}")
+    return builder(ctx)
 
 
 def loss_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,3 +106,6 @@ def causal_lm_objective(model: nn.Module, batch: dict[str, torch.Tensor], step: 
     logits, targets = model(batch["input_ids"], batch["attention_mask"], batch["labels"])
     loss = token_cross_entropy(logits, targets)
     return loss, {"ce": float(loss.detach())}
+
+
+register_objective("causal-lm", lambda ctx: causal_lm_objective)
