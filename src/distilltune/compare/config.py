@@ -3,7 +3,7 @@
 Presets set the data and step counts; anything given in a YAML file, as an option or as a dotted
 override wins over the preset. ``quick`` is sized so ``distilltune demo`` finishes within a quarter
 of an hour on a 2-core CPU while still training every strategy for real (measured as a first run on an
-idle machine: 871 s, benchmarks/results/demo.json); ``full`` is the honest run (all data, all six
+idle machine: 697 s, benchmarks/results/demo.json); ``full`` is the honest run (all data, all six
 strategies, 3x the updates at twice the batch; measured: 76 min on 2 cores, benchmarks/results/full.json).
 """
 
