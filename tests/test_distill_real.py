@@ -76,10 +76,12 @@ def test_sequence_level_with_the_real_teacher(tmp_path):
     out = _run(
         tmp_path,
         mode="sequence",
-        sequence={"max_prompts": 8, "max_new_tokens": 48},
+        # 48 tokens cut off 5 of the 8 answers, below sequence.min_kept_share (a clean error since the
+        # floor was added); the quick preset's 128 keeps most of them
+        sequence={"max_prompts": 8, "max_new_tokens": 128},
         cache={"dir": str(tmp_path / "cache")},
     )
     records = [json.loads(x) for x in (out / "sequence" / "teacher_answers.jsonl").read_text().splitlines()]
     assert len(records) == 8
-    assert any(r["status"] == "kept" for r in records)
+    assert sum(r["status"] == "kept" for r in records) >= 4  # at or above the 0.5 floor
     AutoModelForCausalLM.from_pretrained(str(out / "model"))
