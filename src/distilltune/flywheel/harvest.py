@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 from pathlib import Path
 
 import numpy as np
 
-from distilltune.errors import UserError
 from distilltune.flywheel.config import FlywheelSettings
+from distilltune.monitor.logread import open_log
 from distilltune.text import normalize
 
 COLUMNS = (
@@ -43,25 +42,9 @@ def split_of(iid: str, heldout_share: float, seed: int) -> str:
     return "heldout" if h < heldout_share else "train"
 
 
-def _open(path: Path) -> sqlite3.Connection:
-    if not path.is_file():
-        raise UserError(f"{path}: request log not found")
-    try:
-        con = sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True, timeout=30)
-        cols = {r[1] for r in con.execute("PRAGMA table_info(requests)").fetchall()}
-    except sqlite3.DatabaseError as e:
-        raise UserError(f"{path}: not a distilltune request log (SQLite says: {e})") from None
-    missing = [c for c in COLUMNS if c not in cols]
-    if missing:
-        con.close()
-        what = "it has no 'requests' table" if not cols else f"table 'requests' lacks: {', '.join(missing)}"
-        raise UserError(f"{path}: not a distilltune request log ({what})")
-    return con
-
-
 def read_rows(path: str | Path) -> list[dict]:
     """Every logged request, oldest first, as dicts of the columns harvest needs."""
-    con = _open(Path(path))
+    con = open_log(Path(path), COLUMNS)
     try:
         rows = con.execute(f"SELECT {', '.join(COLUMNS)} FROM requests ORDER BY ts, id").fetchall()
     finally:

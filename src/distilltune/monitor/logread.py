@@ -84,7 +84,10 @@ def last_user_turn(prompt: str | None) -> str | None:
     return None
 
 
-def _open(path: Path) -> sqlite3.Connection:
+def open_log(path: Path, needed: tuple[str, ...] = NEEDED) -> sqlite3.Connection:
+    """The request log, read-only, with every column in ``needed``; anything else is a clear UserError.
+
+    Shared by every reader of the log (monitor, flywheel harvest)."""
     if not path.exists():
         raise UserError(f"{path}: request log not found")
     if not path.is_file():
@@ -97,7 +100,7 @@ def _open(path: Path) -> sqlite3.Connection:
     if not cols:
         con.close()
         raise UserError(f"{path}: not a distilltune request log (it has no 'requests' table)")
-    missing = [c for c in NEEDED if c not in cols]
+    missing = [c for c in needed if c not in cols]
     if missing:
         con.close()
         raise UserError(
@@ -109,7 +112,7 @@ def _open(path: Path) -> sqlite3.Connection:
 def read_log(path: str | Path, since_s: float | None = None) -> list[Request]:
     """Every request in the log (only the last ``since_s`` seconds before the newest one), oldest first."""
     p = Path(path)
-    con = _open(p)
+    con = open_log(p)
     try:
         live = live_rows_clause(con)  # shadow copies (serve --shadow) answered nobody
         (newest,) = con.execute(f"SELECT MAX(ts) FROM requests WHERE {live}").fetchone()
