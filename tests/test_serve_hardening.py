@@ -78,7 +78,7 @@ def _healthy(url: str) -> bool:
 
 def _run(engine, prompt, timeout: float = 60, **kw):
     """Submit and wait, bounded (a request the old engine dropped would otherwise hang the test)."""
-    from distilltune.serve.engine import GenRequest
+    from distilltune.inference.engine import GenRequest
 
     done, box = threading.Event(), []
 
@@ -94,7 +94,7 @@ def _run(engine, prompt, timeout: float = 60, **kw):
 def test_a_failing_request_fails_alone_and_the_engine_goes_on(tiny_model_dir, tokenizer):
     from distilltune.models import load_model
     from distilltune.models.generate import stop_token_ids
-    from distilltune.serve.engine import Engine
+    from distilltune.inference.engine import Engine
 
     loaded = load_model(str(tiny_model_dir))
     stops = stop_token_ids(loaded.tokenizer)

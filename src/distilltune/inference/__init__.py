@@ -1,7 +1,9 @@
 """Inference: one request's path (guard → retrieval and prompt → generation → cascade → output guard).
 
 Sits above ``models``, ``retrieval`` and ``policy`` and below ``evaluation`` and ``serve``, which are
-thin drivers over ``RequestPath`` (they differ only in the generation backend).
+thin drivers over ``RequestPath`` (they differ only in the generation backend). The continuous-batching
+generation engine (``engine.Engine``, its request/result types in ``generation``) lives here too, so that
+evaluation's efficiency measurement and the server generate through the same engine.
 """
 
 from distilltune.inference.cascade import CascadeConfig, CascadeDecision, confidence, decide

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from distilltune.errors import UserError
 from distilltune.serve.config import ServeConfig
-from distilltune.serve.engine import Engine
+from distilltune.inference.engine import Engine
 from distilltune.serve.metrics import ServerMetrics
 from distilltune.serve.requestlog import RequestLog
 

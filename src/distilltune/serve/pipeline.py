@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from anyio import to_thread
 
 from distilltune.inference import ROUTE_REFUSED_INPUT, RequestPath, RequestResult, prompt_ids
-from distilltune.serve.engine import (
+from distilltune.inference.engine import (
     MIN_TEMPERATURE,
     SEED_MAX,
     SEED_MIN,

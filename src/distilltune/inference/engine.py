@@ -21,7 +21,7 @@ Several LoRA adapters can share the base (``adapter`` per request): a batch hold
 time; the oldest waiting request decides which adapter runs next.
 
 Tokens are reported per row through callbacks run on the worker thread; ``submit`` wraps them for
-asyncio callers (``GenHandle``). The request/result types live in ``serve.generation``. Per-token log-probabilities are returned for the cascade's
+asyncio callers (``GenHandle``). The request/result types live in ``inference.generation``. Per-token log-probabilities are returned for the cascade's
 confidence signal.
 """
 
@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 import torch
 
 from distilltune.models.generate import _cache_kwarg, uses_prefix_tuning
-from distilltune.serve.generation import (
+from distilltune.inference.generation import (
     MIN_TEMPERATURE,
     SEED_MAX,
     SEED_MIN,
