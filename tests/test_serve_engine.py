@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from distilltune.inference.cascade import decide
+from distilltune.inference.engine import Engine, GenRequest, QueueFull
 from distilltune.inference.release import TextReleaser
 from distilltune.models.generate import generate_ids, stop_token_ids
-from distilltune.inference.engine import Engine, GenRequest, QueueFull
 from distilltune.serve.requestlog import LogRecord, RequestLog, summarize, tail
 
 

@@ -92,9 +92,9 @@ def _run(engine, prompt, timeout: float = 60, **kw):
 
 
 def test_a_failing_request_fails_alone_and_the_engine_goes_on(tiny_model_dir, tokenizer):
+    from distilltune.inference.engine import Engine
     from distilltune.models import load_model
     from distilltune.models.generate import stop_token_ids
-    from distilltune.inference.engine import Engine
 
     loaded = load_model(str(tiny_model_dir))
     stops = stop_token_ids(loaded.tokenizer)

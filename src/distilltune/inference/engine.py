@@ -39,7 +39,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from distilltune.models.generate import _cache_kwarg, uses_prefix_tuning
 from distilltune.inference.generation import (
     MIN_TEMPERATURE,
     SEED_MAX,
@@ -50,6 +49,7 @@ from distilltune.inference.generation import (
     GenResult,
     QueueFull,
 )
+from distilltune.models.generate import _cache_kwarg, uses_prefix_tuning
 
 log = logging.getLogger("distilltune.serve")
 

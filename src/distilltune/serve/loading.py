@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from distilltune.errors import UserError
-from distilltune.serve.config import ServeConfig
 from distilltune.inference.engine import Engine
+from distilltune.serve.config import ServeConfig
 from distilltune.serve.metrics import ServerMetrics
 from distilltune.serve.requestlog import RequestLog
 
