@@ -137,6 +137,7 @@ def export_model(cfg: ExportConfig) -> dict:
             "files": files,
             "size_bytes": weights,
             "fp32_safetensors_bytes": full,
+            "params": sum(p.numel() for p in src.model.parameters()),
             "size_ratio": weights / full if full else None,
             "export_s": round(export_s, 2),
             "roundtrip": None,
