@@ -80,6 +80,17 @@ def register(app: typer.Typer) -> None:
             help="Teacher model: its answers give teacher agreement (and it is the base of teacher:… specs).",
         ),
         limit: int = typer.Option(None, help="Evaluate only the first N items of each suite."),
+        backend: str = typer.Option(
+            None,
+            "--backend",
+            help="torch (default), onnx or llama.cpp: MODEL may be that backend's export, or any model "
+            "(exported on the fly into a cache).",
+        ),
+        quant: str = typer.Option(
+            None,
+            "--quant",
+            help="Quantization of the on-the-fly export (onnx: int8; llama.cpp: f16|q8_0|q4_k_m).",
+        ),
         config: Path = CONFIG_OPT,
         print_config: bool = PRINT_CONFIG_OPT,
         overrides: list[str] = OVERRIDES_ARG,
@@ -100,11 +111,21 @@ def register(app: typer.Typer) -> None:
                 "retrieval": {"enabled": rag} if rag is not None else None,
                 "teacher": teacher,
                 "limit": limit,
+                "backend": backend,
+                "quant": quant,
             },
             overrides,
             print_config,
         )
         from distilltune.evaluation.evaluate import evaluate
+
+        if cfg.backend != "torch" and cfg.artifact is None:
+            from distilltune.export.deployed import deployed_artifact
+
+            dep = deployed_artifact(
+                cfg.model, cfg.backend, cfg.quant, cfg.teacher, log=lambda m: console.print(f"[dim]{m}[/]")
+            )
+            cfg = cfg.model_copy(update={"artifact": str(dep.path)})
 
         res = evaluate(cfg, log=lambda msg: console.print(f"[dim]{msg}[/]", markup=True))
         print_summary(res, cfg.output)

@@ -116,6 +116,17 @@ def register(app: typer.Typer) -> None:
         shadow: bool = typer.Option(
             False, "--shadow", help="Run the candidate on a copy of the traffic; only MODEL answers."
         ),
+        backend: str = typer.Option(
+            None,
+            "--backend",
+            help="torch (default; continuous batching), onnx (ONNX Runtime) or llama.cpp (needs the gguf "
+            "extra). MODEL may be that backend's export, or any model (exported on the fly, cached).",
+        ),
+        quant: str = typer.Option(
+            None,
+            "--quant",
+            help="Quantization of the on-the-fly export: onnx none|int8; llama.cpp none|f16|q8_0|q4_k_m.",
+        ),
         log_db: Path = typer.Option(None, "--log-db", help="Request log (default distilltune-requests.db)."),
         log_retention_days: float = typer.Option(
             None,
@@ -145,6 +156,8 @@ def register(app: typer.Typer) -> None:
                 **nested("ab", split=split, shadow=shadow or None),  # unset: a config file's value stands
                 "log_db": str(log_db) if log_db else None,
                 "log_retention_days": log_retention_days,
+                "backend": backend,
+                "quant": quant,
             },
             overrides,
             print_config,
@@ -166,7 +179,11 @@ def register(app: typer.Typer) -> None:
         if state.candidate is not None:
             mode = "shadow copies of" if cfg.ab.shadow else "answers"
             console.print(f"candidate {cfg.candidate}: {mode} {cfg.ab.share:.0%} of users (hashed)")
-        console.print(f"models: {ids}; batching up to {cfg.batching.max_batch} sequences, {threads} threads")
+        if cfg.backend == "torch":
+            how = f"batching up to {cfg.batching.max_batch} sequences"
+        else:
+            how = f"backend {cfg.backend}, one request at a time (no continuous batching)"
+        console.print(f"models: {ids}; {how}, {threads} threads")
         if cfg.host not in ("127.0.0.1", "localhost", "::1") and state.api_key is None:
             console.print(
                 f"[yellow]warning: listening on {cfg.host} without an API key (--api-key-env)[/]", markup=True

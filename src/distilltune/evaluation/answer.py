@@ -9,7 +9,9 @@ template's end token) instead of the server's continuous-batching engine. Evalua
 model, so the cascade only records the student's confidence (``mean_logprob``).
 
 ``answer_requests`` is used by ``evaluate`` (scores its answers) and by the efficiency probe (times it
-one request at a time). ``build_pipeline`` builds the path for a task as ``distilltune serve`` does.
+one request at a time). ``answer_with_engine`` is the same driver over any engine of
+``inference.backends`` (ONNX Runtime, llama.cpp: ``evaluate --backend``), one request at a time as
+those runtimes decode. ``build_pipeline`` builds the path for a task as ``distilltune serve`` does.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ __all__ = [
     "ROUTE_STUDENT",
     "Answer",
     "answer_requests",
+    "answer_with_engine",
     "build_pipeline",
     "hit_record",
     "withheld",
@@ -99,4 +102,31 @@ def answer_requests(
             _decode_batch(path, model, tokenizer, pending[start : start + batch_size], settings)
     finally:
         model.train(was_training)
+    return results
+
+
+def answer_with_engine(
+    engine, tokenizer, guard, prompter, conversations: Sequence[Sequence[dict]], *, max_new_tokens: int = 128
+) -> list[RequestResult]:
+    """Answer each conversation through the request path with a started engine (greedy, one at a time)."""
+    from distilltune.errors import UserError
+
+    path = RequestPath(guard, prompter)
+    results = [path.prepare(c) for c in conversations]
+    lock = threading.Lock()
+    for res in results:
+        if res.route == ROUTE_REFUSED_INPUT:
+            continue
+        ids = prompt_ids(tokenizer, res.messages)
+        gen = engine.generate(ids, max_new_tokens)
+        if gen.finish_reason == "error":
+            raise UserError(f"the {getattr(engine, 'backend', 'model')} engine failed: {gen.error}")
+        path.judge(res, gen.logprobs, has_fallback=False)
+        releaser = path.releaser(tokenizer, lock)
+        for tok in gen.token_ids:
+            releaser.add(tok, engine.stop_ids)
+        finished = gen.finish_reason == "stop"
+        end = releaser.finish("stop" if finished else "length")
+        path.complete(res, releaser, end.finish_reason or "stop", len(ids), len(gen.token_ids))
+        res.finished, res.prefill_s, res.decode_s = finished, gen.prefill_s, gen.decode_s
     return results

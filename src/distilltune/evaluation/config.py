@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from distilltune.config import StrictModel
 from distilltune.policy.guard import GuardConfig
@@ -42,3 +42,26 @@ class EvaluateConfig(StrictModel):
     retrieval: RetrievalConfig = RetrievalConfig()  # --rag/--no-rag sets retrieval.enabled
     efficiency: EfficiencySettings = EfficiencySettings()
     guard: GuardConfig = GuardConfig()  # as the server configures it
+    backend: Literal["torch", "onnx", "llama.cpp"] = Field(
+        default="torch",
+        description="what generates (inference.backends); onnx/llama.cpp answer one at a time",
+    )
+    quant: str = Field(
+        default="none", description="quantization of the on-the-fly export for a non-torch backend (CLI)"
+    )
+    artifact: str | None = Field(
+        default=None, description="the backend's deployed file/dir for MODEL (set when exported on the fly)"
+    )
+
+    @model_validator(mode="after")
+    def _backend_settings(self) -> EvaluateConfig:
+        from distilltune.inference.backends import BACKENDS
+
+        quants = BACKENDS[self.backend].quants
+        if self.quant not in quants:
+            raise ValueError(
+                f"quant {self.quant!r} does not apply to backend {self.backend}; choose one of {', '.join(quants)}"
+            )
+        if self.backend == "torch" and self.artifact is not None:
+            raise ValueError("artifact is for the onnx / llama.cpp backends")
+        return self

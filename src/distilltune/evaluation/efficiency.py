@@ -155,7 +155,7 @@ def serving_prompts(task, guard, n: int) -> list[list[dict]]:
 
 def probe(spec: dict) -> dict:
     """Run inside the fresh process: load, warm up, time ``spec['prompts']`` batch-1 requests."""
-    from distilltune.evaluation.answer import answer_requests, build_pipeline
+    from distilltune.evaluation.answer import answer_requests, answer_with_engine, build_pipeline
     from distilltune.models import load_model, model_info
     from distilltune.policy import GuardConfig
     from distilltune.retrieval import RetrievalConfig
@@ -164,15 +164,23 @@ def probe(spec: dict) -> dict:
 
     threads = set_threads()
     task = load_task(spec["task"])
+    backend = spec.get("backend") or "torch"
     t0 = time.perf_counter()
-    loaded = load_model(spec["model"], teacher=spec.get("teacher"), dtype=spec.get("dtype", "float32"))
+    if backend == "torch":
+        loaded = load_model(spec["model"], teacher=spec.get("teacher"), dtype=spec.get("dtype", "float32"))
+        tokenizer, engine = loaded.tokenizer, None
+    else:  # the deployed file in its runtime, as ``serve --backend`` runs it
+        from distilltune.inference.backends import open_model
+
+        opened = open_model(backend, spec["artifact"], name="probe", threads=threads)
+        tokenizer, engine = opened.tokenizer, opened.engine.start()
     load_s = time.perf_counter() - t0
     rss_after_load = peak_rss_mb()
     t0 = time.perf_counter()
     retrieval = RetrievalConfig.model_validate(spec.get("retrieval") or {})
     pipe = build_pipeline(
         task,
-        loaded.tokenizer,
+        tokenizer,
         retrieval,
         GuardConfig.model_validate(spec.get("guard") or {}),
         spec.get("max_prompt_tokens"),
@@ -181,9 +189,13 @@ def probe(spec: dict) -> dict:
     prompts = serving_prompts(task, pipe.guard, spec["warmup"] + spec["prompts"])
 
     def one(conv):
+        if engine is not None:
+            return answer_with_engine(
+                engine, tokenizer, pipe.guard, pipe.prompter, [conv], max_new_tokens=spec["max_new_tokens"]
+            )[0]
         return answer_requests(
             loaded.model,
-            loaded.tokenizer,
+            tokenizer,
             pipe.guard,
             pipe.prompter,
             [conv],
@@ -202,11 +214,16 @@ def probe(spec: dict) -> dict:
         t = time.perf_counter()
         answers.append(one(conv))
         latencies.append(time.perf_counter() - t)
-    size, size_kind = serving_size(spec["model"], loaded.model)
+    if engine is None:
+        size, size_kind = serving_size(spec["model"], loaded.model)
+        params = model_info(loaded.model).params
+    else:
+        engine.stop()
+        size, size_kind, params = opened.size_bytes, "disk", opened.params
     # Other processes competing for the cores inflate every timing: record how busy the machine was.
     load_1m = os.getloadavg()[0]
     return {
-        "params": model_info(loaded.model).params,
+        "params": params,
         "size_bytes": size,
         "size_kind": size_kind,
         "load_s": load_s,
@@ -225,6 +242,7 @@ def probe(spec: dict) -> dict:
             "rag": retrieval.enabled,
             "threads": threads,
             "dtype": spec.get("dtype", "float32"),
+            "backend": backend,
             "cpu_count": os.cpu_count(),
             "loadavg_1m": round(load_1m, 2),
         },

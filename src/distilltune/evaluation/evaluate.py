@@ -31,12 +31,10 @@ from distilltune.evaluation import behaviour, efficiency, grounding, quality
 from distilltune.evaluation.answer import (
     ROUTE_REFUSED_INPUT,
     ROUTE_STUDENT,
-    answer_requests,
     build_pipeline,
     hit_record,
 )
 from distilltune.evaluation.config import EvaluateConfig
-from distilltune.evaluation.likelihood import reference_nll
 from distilltune.io import append_jsonl, atomic_write_json, atomic_write_text
 
 SCHEMA_VERSION = 1
@@ -95,17 +93,9 @@ def _write_config(out: Path, cfg: EvaluateConfig) -> str:
     return name
 
 
-def _answer_all(loaded, pipe, convs: list[list[dict]], cfg: EvaluateConfig, log, what: str):
+def _answer_all(subject, pipe, convs: list[list[dict]], cfg: EvaluateConfig, log, what: str):
     t0 = time.perf_counter()
-    answers = answer_requests(
-        loaded.model,
-        loaded.tokenizer,
-        pipe.guard,
-        pipe.prompter,
-        convs,
-        max_new_tokens=cfg.max_new_tokens,
-        batch_size=cfg.batch_size,
-    )
+    answers = subject.answer(pipe, convs, cfg)
     n_model = sum(a.route == ROUTE_STUDENT for a in answers)
     log(f"{what}: {len(answers)} answers in {time.perf_counter() - t0:.1f} s ({n_model} from the model)")
     return answers
@@ -127,7 +117,7 @@ def _guard_fields(a) -> dict:
 
 def evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = _stderr) -> dict:
     """Evaluate ``cfg.model`` on ``cfg.task``; write eval.json, items.jsonl, config; return the results."""
-    from distilltune.models import load_model, model_info
+    from distilltune.evaluation.subject import TorchSubject, open_subject
     from distilltune.runtime import set_threads
     from distilltune.task import load_task
 
@@ -136,7 +126,8 @@ def evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = _stderr) -> dict:
     _check_output_dir(out)
     task = load_task(cfg.task)
     rag = cfg.retrieval.enabled and bool(task.knowledge)
-    _check_ref(cfg.model, "model")
+    if cfg.backend == "torch":
+        _check_ref(cfg.model, "model")
     use_teacher = bool(cfg.teacher and cfg.teacher_agreement)
     if cfg.teacher:
         _check_ref(cfg.teacher, "teacher")
@@ -150,19 +141,18 @@ def evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = _stderr) -> dict:
     suites = {"scenarios": task.scenarios, "adversarial": task.adversarial} if cfg.behaviour else {}
     suites = {k: (v[: cfg.limit] if cfg.limit else list(v)) for k, v in suites.items() if v}
 
-    t0 = time.perf_counter()
-    loaded = load_model(cfg.model, teacher=cfg.teacher, dtype=cfg.dtype)
-    log(f"loaded {cfg.model} ({model_info(loaded.model).line()}) in {time.perf_counter() - t0:.1f} s")
-    pipe = build_pipeline(task, loaded.tokenizer, cfg.retrieval, cfg.guard, cfg.max_prompt_tokens)
+    subject = open_subject(cfg)
+    log(f"loaded {cfg.model} ({subject.line})")
+    pipe = build_pipeline(task, subject.tokenizer, cfg.retrieval, cfg.guard, cfg.max_prompt_tokens)
 
     def redact(text: str) -> str:
         return pipe.guard.check_input(text).redacted_text if pipe.guard is not None else text
 
     convs = [[m.model_dump() for m in c.prompt_messages] for c in items]
-    answers = _answer_all(loaded, pipe, convs, cfg, log, "eval items")
+    answers = _answer_all(subject, pipe, convs, cfg, log, "eval items")
     case_answers = {
         name: _answer_all(
-            loaded, pipe, [[{"role": "user", "content": c.prompt}] for c in cases], cfg, log, name
+            subject, pipe, [[{"role": "user", "content": c.prompt}] for c in cases], cfg, log, name
         )
         for name, cases in suites.items()
     }
@@ -171,22 +161,25 @@ def evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = _stderr) -> dict:
         a.messages if a.route != ROUTE_REFUSED_INPUT and not task.is_refusal(c) else None
         for c, a in zip(items, answers, strict=True)
     ]
-    nll = reference_nll(loaded.model, loaded.tokenizer, nll_prompts, [c.answer for c in items])
+    nll = subject.nll(nll_prompts, [c.answer for c in items])
     log(
         f"reference-answer NLL of {sum(x is not None for x in nll)} items in {time.perf_counter() - t0:.1f} s"
     )
-    params = model_info(loaded.model).params
-    size_bytes, size_kind = efficiency.serving_size(cfg.model, loaded.model)
-    del loaded
+    params = subject.params
+    size_bytes, size_kind = subject.size(cfg)
+    artifact = str(getattr(subject, "artifact", "")) or None
+    subject.close()
+    del subject
     gc.collect()
 
     teacher_answers = None
     if use_teacher:
         t0 = time.perf_counter()
-        teacher = load_model(cfg.teacher, dtype=cfg.dtype)
+        tcfg = cfg.model_copy(update={"model": cfg.teacher, "teacher": None})
+        teacher = TorchSubject(tcfg)  # the reference answers: the teacher as trained, in torch
         log(f"loaded teacher {cfg.teacher} in {time.perf_counter() - t0:.1f} s")
         tpipe = build_pipeline(task, teacher.tokenizer, cfg.retrieval, cfg.guard, cfg.max_prompt_tokens)
-        teacher_answers = _answer_all(teacher, tpipe, convs, cfg, log, "teacher answers")
+        teacher_answers = _answer_all(teacher, tpipe, convs, tcfg, log, "teacher answers")
         del teacher, tpipe
         gc.collect()
 
@@ -244,7 +237,9 @@ def evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = _stderr) -> dict:
                 )
         behaviour_out[name] = behaviour.summarize(results)
 
-    eff: dict = {"params": params, "size_bytes": size_bytes, "size_kind": size_kind}
+    eff: dict = {"params": params, "size_bytes": size_bytes, "size_kind": size_kind, "backend": cfg.backend}
+    if artifact:
+        eff["artifact"] = artifact
     if cfg.efficiency.enabled:
         log(
             f"measuring efficiency in a fresh process ({cfg.efficiency.warmup} warm-up + "
@@ -264,6 +259,8 @@ def evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = _stderr) -> dict:
                 "max_new_tokens": cfg.efficiency.max_new_tokens,
                 "dtype": cfg.dtype,
                 "guard": cfg.guard.model_dump(mode="json"),
+                "backend": cfg.backend,
+                "artifact": artifact,
             },
             timeout_s=cfg.efficiency.timeout_s,
         )

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from distilltune.data.chat import collate, encode_chat
+from distilltune.data.chat import IGNORE_INDEX, collate, encode_chat
 
 
 @torch.no_grad()
@@ -62,4 +62,29 @@ def reference_nll(
                 out[todo[s + j]] = float(part.mean()) if part.numel() else None
     finally:
         model.train(was_training)
+    return out
+
+
+def reference_nll_engine(
+    engine, tokenizer, prompts: list[list[dict] | None], references: list[str], max_length: int = 2048
+) -> list[float | None]:
+    """``reference_nll`` under a runtime engine (``inference.backends``): the same positions (every
+    labelled token), scored with the runtime's logits, so a quantized export is judged as deployed."""
+    import numpy as np
+
+    from distilltune.inference.backends.sequential import log_softmax
+
+    out: list[float | None] = [None] * len(prompts)
+    for i, msgs in enumerate(prompts):
+        if msgs is None:
+            continue
+        ex = encode_chat(tokenizer, [*msgs, {"role": "assistant", "content": references[i]}], max_length)
+        ids, labels = list(ex.input_ids), list(ex.labels)
+        labelled = [t for t in range(1, len(ids)) if labels[t] != IGNORE_INDEX]
+        if not labelled:
+            continue
+        first = labelled[0]
+        logp = log_softmax(engine.score_answer(ids[:first], ids[first:]))  # row j predicts ids[first + j]
+        nll = [-logp[t - first, labels[t]] for t in labelled]
+        out[i] = float(np.mean(nll))
     return out

@@ -36,6 +36,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from distilltune.inference import ROUTE_REFUSED_INPUT, ROUTE_REFUSED_OUTPUT
+from distilltune.inference.backends import BACKENDS
 from distilltune.serve import feedback
 from distilltune.serve.ab import ABRouter
 from distilltune.serve.intake import LOOPBACK_NAMES, check_browser_safety, parse_request, read_body
@@ -200,6 +201,9 @@ def create_app(state: ServerState, manage_lifecycle: bool = True) -> FastAPI:
             "owned_by": "distilltune",
             "root": m.slot.ref if m.adapter is None or m.parent is None else m.adapter,
             "parent": m.parent,
+            # how this model generates: only the torch engine batches concurrent requests together
+            "backend": m.slot.backend,
+            "continuous_batching": BACKENDS[m.slot.backend].continuous_batching,
         }
 
     @app.get("/v1/models")

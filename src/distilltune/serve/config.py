@@ -8,10 +8,12 @@ an operator can loosen or tighten them without touching code.
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from distilltune.config import StrictModel
+from distilltune.inference.backends import BACKENDS
 from distilltune.inference.cascade import CascadeConfig
 from distilltune.policy import GuardConfig
 from distilltune.retrieval.config import RetrievalConfig
@@ -95,6 +97,15 @@ class ServeConfig(StrictModel):
     adapters: dict[str, str] = Field(
         default={}, description="extra LoRA adapters on MODEL's base: name → dir"
     )
+    backend: Literal["torch", "onnx", "llama.cpp"] = Field(
+        default="torch",
+        description="what generates: torch (continuous batching), onnx (ONNX Runtime) or llama.cpp; "
+        "a model that is not yet in the backend's format is exported on the fly into a cache",
+    )
+    quant: str = Field(
+        default="none",
+        description="quantization of that on-the-fly export (onnx: none|int8; llama.cpp: none|f16|q8_0|q4_k_m)",
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     api_key_env: str | None = Field(default=None, description="env var holding the API key (unset = no auth)")
@@ -128,6 +139,15 @@ class ServeConfig(StrictModel):
             raise ValueError(
                 f"generation.default_max_tokens ({self.generation.default_max_tokens}) exceeds "
                 f"limits.max_tokens ({self.limits.max_tokens})"
+            )
+        quants = BACKENDS[self.backend].quants
+        if self.quant not in quants:
+            raise ValueError(
+                f"quant {self.quant!r} does not apply to backend {self.backend}; choose one of {', '.join(quants)}"
+            )
+        if self.adapters and self.backend != "torch":
+            raise ValueError(
+                f"--adapter needs --backend torch (a {self.backend} model has its adapter merged in at export)"
             )
         if self.served_name is not None and self.served_name in self.adapters:
             raise ValueError(f"served_name {self.served_name!r} is also an adapter name")

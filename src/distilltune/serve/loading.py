@@ -41,6 +41,7 @@ class ModelSlot:
     tokenizer: object
     tok_lock: threading.Lock
     max_positions: int | None
+    backend: str = "torch"  # inference.backends name; only torch batches continuously
 
 
 @dataclass
@@ -150,6 +151,8 @@ def load_slot(
     adapters: dict[str, str] | None = None,
 ) -> tuple[ModelSlot, dict[str, str | None]]:
     """Load ``ref`` (+ adapters) into an engine; returns the slot and {served id → adapter name}."""
+    if cfg.backend != "torch":
+        return _load_exported_slot(role, ref, cfg, metrics)
     from peft import PeftModel
 
     from distilltune.models import load_model
@@ -197,6 +200,34 @@ def load_slot(
     metrics.track_engine(role, lambda: engine.queue_depth, lambda: engine.active)
     slot = ModelSlot(role, ref, engine, tok, threading.Lock(), _max_positions(model))
     return slot, ids
+
+
+def _load_exported_slot(
+    role: str, ref: str, cfg: ServeConfig, metrics: ServerMetrics
+) -> tuple[ModelSlot, dict[str, str | None]]:
+    """A slot whose engine is an ONNX Runtime / llama.cpp backend: ``ref`` as given if it already is
+    that format, else exported on the fly into the export cache (``export.deployed``)."""
+    import sys
+
+    from distilltune.export.deployed import deployed_artifact
+    from distilltune.inference.backends import open_model
+
+    def note(msg: str) -> None:
+        print(f"[distilltune] {msg}", file=sys.stderr, flush=True)
+
+    dep = deployed_artifact(ref, cfg.backend, cfg.quant, cfg.teacher, log=note)
+    opened = open_model(
+        cfg.backend,
+        str(dep.path),
+        name=role,
+        max_queue=cfg.limits.max_queue,
+        on_batch=metrics.batch_size.labels(role).observe,
+    )
+    engine = opened.engine
+    metrics.track_engine(role, lambda: engine.queue_depth, lambda: engine.active)
+    name = (cfg.served_name if role == "student" else None) or default_served_name(ref)
+    slot = ModelSlot(role, ref, engine, opened.tokenizer, threading.Lock(), opened.max_positions, cfg.backend)
+    return slot, {name: None}
 
 
 def _base_parent(ref: str) -> str | None:
