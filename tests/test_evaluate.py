@@ -140,7 +140,8 @@ def test_evaluate_with_teacher_into_a_run_dir(tmp_path, tiny_model_dir, tiny_tea
     assert refusal["id"] == "eval-4" and refusal["expected_refusal"] and refusal["primary"] == 1.0
     assert refusal["route"] == ROUTE_REFUSED_INPUT and refusal["pass"] is True
     assert q["primary"] == pytest.approx(sum(i["primary"] for i in res["per_item"]) / 5)
-    assert set(res["efficiency"]) == {"params", "size_bytes", "size_kind"}
+    assert set(res["efficiency"]) == {"params", "size_bytes", "size_kind", "backend"}
+    assert res["efficiency"]["backend"] == "torch"
     assert res["efficiency"]["size_kind"] == "disk" and res["efficiency"]["size_bytes"] > 0
     items = [json.loads(line) for line in (out / "items.jsonl").read_text().splitlines()]
     assert [i["id"] for i in items if i["suite"] == "eval"] == [f"eval-{i}" for i in range(5)]
