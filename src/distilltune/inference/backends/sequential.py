@@ -134,6 +134,10 @@ class SequentialEngine:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        self._close()
+
+    def _close(self) -> None:
+        """Free the runtime's native resources (after the worker is gone)."""
 
     @property
     def queue_depth(self) -> int:
