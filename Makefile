@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-slow lint format bench install clean
+.PHONY: demo test test-slow lint format bench install install-gguf clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,6 +22,10 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The llama.cpp backend (`--backend llama.cpp`): builds llama.cpp from source (cmake; ~15 min on 2 cores).
+install-gguf: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[gguf]'
 
 demo: $(STAMP)
 	$(BIN)/distilltune demo
