@@ -176,7 +176,7 @@ class CompareConfig(StrictModel):
 
     def table(self) -> dict[str, Strategy]:
         """Every strategy this comparison knows: the built-ins, changed or joined by custom_strategies."""
-        return strategy_table(self.custom_strategies)
+        return strategy_table(self.custom_strategies, self.strategies)
 
     def steps_for(self, strategy: Strategy) -> int:
         """Updates of a trained strategy: ``steps.<name>``, else the strategy's own for the preset."""

@@ -32,8 +32,9 @@ PALETTE = [
     "#ff9da7",
     "#bab0ac",
 ]
-STRATEGY_KINDS = ("teacher", "finetune", "distill", "blend")
-MARKERS = {"teacher": "s", "finetune": "o", "distill": "D", "blend": "^"}
+STRATEGY_KINDS = ("teacher", "finetune", "distill", "blend", "deployed")
+# a deployed (exported + quantized) candidate gets its own marker, so the frontier shows the formats
+MARKERS = {"teacher": "s", "finetune": "o", "distill": "D", "blend": "^", "deployed": "X"}
 INK = "#1f2933"
 MUTED = "#6b7785"
 GRID = "#e4e7eb"

@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from distilltune.compare.strategies import SYMBOLS, TRAINER, Strategy, training_order
+from distilltune.compare.strategies import DEPLOY, SYMBOLS, TRAINER, Strategy, training_order
 from distilltune.config import deep_merge, validation_problems
 from distilltune.errors import Problem, UserError
 
@@ -178,12 +178,41 @@ def recipe_problems(cfg) -> list[str]:
     return []
 
 
+def export_config(cfg, out: Path, name: str, refs: Refs | None = None):
+    """The export stage of a ``SOURCE@QUANT`` candidate: its source's model, written to OUT/exports/<name>."""
+    from distilltune.export.config import ExportConfig
+
+    refs = refs or Refs(cfg, cfg.table(), out / "runs")
+    quant = refs.table[name].deploy
+    return ExportConfig(
+        model=refs(name),
+        output=str(out / "exports" / name),
+        format=DEPLOY[quant][1],
+        quant=quant,
+        teacher=cfg.teacher,
+        check=0,  # the evaluation that follows is the measurement
+    )
+
+
+def deployed_file(xc) -> Path:
+    """What the backend loads from an export stage's output (known before the export runs)."""
+    out = Path(xc.output)
+    return out if xc.format == "onnx" else out / f"model-{xc.quant}.gguf"
+
+
 def evaluate_config(cfg, view: Path, out: Path, name: str, refs: Refs | None = None):
-    """How every strategy is evaluated: the same view, retrieval, decoding and timing."""
+    """How every strategy is evaluated: the same view, retrieval, decoding and timing; a deployed
+    candidate through its backend, on the file its export stage writes."""
     from distilltune.evaluation.config import EfficiencySettings, EvaluateConfig
 
     refs = refs or Refs(cfg, cfg.table(), out / "runs")
+    quant = refs.table[name].deploy
+    deploy = {}
+    if quant:
+        xc = export_config(cfg, out, name, refs)
+        deploy = {"backend": DEPLOY[quant][0], "quant": quant, "artifact": str(deployed_file(xc))}
     return EvaluateConfig(
+        **deploy,
         model=refs(name),
         task=str(view),
         output=str(out / "evals" / name),
@@ -240,6 +269,8 @@ def stage_weight(cfg, refs: Refs, name: str, action: str, n_train: int, n_eval: 
     f = size_fraction(refs, name)
     if action == "evaluate":
         return n_eval * 2.0 * (0.25 + 0.75 * f) + 15
+    if action == "export":
+        return 60 * f + 10
     s = refs.table[name]
     method = getattr(tc, "method", "full")
     per = s.eta.per_example_s or (1.5 if method == "lora" else 2.0)

@@ -38,7 +38,7 @@ from distilltune.config import StrictModel
 from distilltune.io import atomic_write_json, atomic_write_text
 from distilltune.task import Budgets
 
-STRATEGY_KINDS = ("teacher", "finetune", "distill", "blend")
+STRATEGY_KINDS = ("teacher", "finetune", "distill", "blend", "deployed")
 
 
 class StrategyResult(StrictModel):
@@ -51,7 +51,8 @@ class StrategyResult(StrictModel):
 
     name: str = Field(min_length=1)
     description: str = ""
-    kind: Literal["base", "teacher", "finetune", "distill", "blend"]  # "teacher": base, in older reports
+    # "teacher": base, in older reports; "deployed": a SOURCE@QUANT candidate (exported, not trained)
+    kind: Literal["base", "teacher", "finetune", "distill", "blend", "deployed"]
     eval: dict[str, Any] = Field(default_factory=dict)
     wall_s: float | None = Field(default=None, ge=0)
     steps: int | None = Field(default=None, ge=0)
@@ -181,6 +182,7 @@ def _strategy_entry(r: StrategyResult, settings: dict) -> dict:
             "failures": failures,
         },
         "efficiency": {
+            "backend": eff.get("backend") if isinstance(eff.get("backend"), str) else "torch",
             "params": _num(eff.get("params")),
             "size_bytes": _num(eff.get("size_bytes")),
             "load_s": _num(eff.get("load_s")),
@@ -222,7 +224,7 @@ def _candidate(s: dict) -> Candidate:
         e["peak_rss_mb"],
         tuple(ci) if ci else None,
         e["size_bytes"],
-        train if s["kind"] not in ("base", "teacher") else 0.0,
+        train if s["kind"] not in ("base", "teacher") else 0.0,  # deployed: source + export
     )
 
 

@@ -5,6 +5,7 @@ Layout of ``OUT/``::
     config.yaml       the resolved CompareConfig (re-run with ``distilltune compare --config``)
     task/             the task view every run uses (sampled per the preset; see compare.subset)
     runs/<strategy>/  one training run dir per trained strategy (resumable, skipped when complete)
+    exports/<name>/   the export of each SOURCE@QUANT candidate (skipped when complete)
     evals/<strategy>/ one evaluation dir per strategy (eval.json, items.jsonl; skipped when present)
     report.html|md|json
 
@@ -27,7 +28,15 @@ from pathlib import Path
 
 from distilltune.compare.config import CompareConfig
 from distilltune.compare.progress import Progress, Stage, StageReporter
-from distilltune.compare.recipes import Refs, evaluate_config, stage_weight, student_specs, training_configs
+from distilltune.compare.recipes import (
+    Refs,
+    deployed_file,
+    evaluate_config,
+    export_config,
+    stage_weight,
+    student_specs,
+    training_configs,
+)
 from distilltune.compare.strategies import TRAINER, Strategy, needs
 from distilltune.compare.students import resolve_student
 from distilltune.compare.subset import write_task_view
@@ -129,7 +138,9 @@ def strategy_result(
     # Training cost: the whole stage as measured here (model loading, teacher cache or teacher
     # generation included), else the loop's own time.
     times = _read_json(out / STAGE_TIMES)
-    wall = times.get(f"train {name}", summary.get("train_seconds"))
+    wall = (
+        times.get(f"export {name}") if s.deploy else times.get(f"train {name}", summary.get("train_seconds"))
+    )
     tps, secs = summary.get("tokens_per_s"), summary.get("train_seconds")
     tokens = int(tps * secs) if isinstance(tps, int | float) and isinstance(secs, int | float) else None
     ev = _read_json(out / "evals" / name / "eval.json")
@@ -140,7 +151,7 @@ def strategy_result(
     return StrategyResult(
         name=name,
         description=s.description,
-        kind=s.kind,
+        kind="deployed" if s.deploy else s.kind,
         eval=ev,
         wall_s=wall if isinstance(wall, int | float) else None,
         steps=summary.get("final_step"),
@@ -148,7 +159,9 @@ def strategy_result(
         curve=curve_from_metrics(read_jsonl(run_dir / "metrics.jsonl")) if s.trained else [],
         price_per_hour=cfg.price_per_hour,
         currency=cfg.currency,
-        reproduce_command=commands.get(f"train {name}") or commands.get(f"evaluate {name}"),
+        reproduce_command=commands.get(f"train {name}")
+        or commands.get(f"export {name}")
+        or commands.get(f"evaluate {name}"),
         serve_command=serve_command(cfg, out, name),
         run_dir=str(run_dir) if s.trained else None,
         error=error,
@@ -158,8 +171,16 @@ def strategy_result(
 
 
 def _total_train_s(table: dict[str, Strategy], name: str, times: dict) -> float | None:
-    """Training wall time of ``name`` plus the runs it starts from (a blend pays for its source)."""
-    if not table[name].trained:
+    """Training wall time of ``name`` plus the runs it starts from (a blend pays for its source; a
+    deployed candidate pays for its source and its export)."""
+    s = table[name]
+    if s.deploy:
+        export_s = times.get(f"export {name}")
+        source = _total_train_s(table, s.model, times) if s.model in table else 0.0
+        if not isinstance(export_s, int | float) or source is None:
+            return None
+        return export_s + source
+    if not s.trained:
         return 0.0
     own = times.get(f"train {name}")
     if not isinstance(own, int | float):
@@ -170,6 +191,15 @@ def _total_train_s(table: dict[str, Strategy], name: str, times: dict) -> float 
 
 def serve_command(cfg: CompareConfig, out: Path, name: str) -> str:
     refs = Refs(cfg, cfg.table(), out / "runs")
+    s = refs.table[name]
+    if s.deploy:
+        from distilltune.compare.strategies import DEPLOY
+
+        artifact = deployed_file(export_config(cfg, out, name, refs))
+        return (
+            f"distilltune serve {shlex.quote(str(artifact))} --backend {DEPLOY[s.deploy][0]} "
+            f"--task {shlex.quote(str(out / 'task'))}"
+        )
     cmd = f"distilltune serve {shlex.quote(refs(name))} --task {shlex.quote(str(out / 'task'))}"
     if refs.is_student(name):
         # small model first; the fine-tuned teacher answers when the student is unsure
@@ -196,10 +226,14 @@ def _resolve_students(cfg: CompareConfig, view: Path, out: Path, log) -> dict[st
 
 
 def _write_configs(
-    out: Path, train_cfgs: dict, eval_cfgs: dict, table: dict[str, Strategy]
+    out: Path, train_cfgs: dict, eval_cfgs: dict, table: dict[str, Strategy], export_cfgs: dict | None = None
 ) -> dict[str, str]:
     """configs/*.yaml for every stage, and the command that re-runs each one on its own."""
     commands: dict[str, str] = {}
+    for name, xc in (export_cfgs or {}).items():
+        path = out / "configs" / f"export-{name}.yaml"
+        atomic_write_text(path, to_yaml(xc))
+        commands[f"export {name}"] = _cli_config_command("export", path)
     for name, tc in train_cfgs.items():
         path = out / "configs" / f"train-{name}.yaml"
         atomic_write_text(path, to_yaml(tc))
@@ -215,10 +249,30 @@ def _eval_state(output: Path) -> str:
     return "complete" if (output / "eval.json").exists() else "new"
 
 
-def _run_stages(cfg, out: Path, view: Path, train_cfgs: dict, eval_cfgs: dict, log) -> dict[str, str]:
-    """Train then evaluate through the shared orchestrator; strategy → error of its first failed stage."""
+def _export_state(output: Path) -> str:
+    return "complete" if (output / "export.json").exists() else "new"
+
+
+def _export_jobs(export_cfgs: dict, train_cfgs: dict, table: dict[str, Strategy], reporter) -> list:
+    from distilltune.distill.orchestrate import Job
+
+    jobs = []
+    for n, xc in export_cfgs.items():
+        src = table[n].model
+        after = tuple(f"train {d}" for d in [src] if d in train_cfgs)
+        jobs.append(Job(f"export {n}", "export", xc, Path(xc.output), needs=after, reporter=reporter(n)))
+    return jobs
+
+
+def _run_stages(
+    cfg, out: Path, view: Path, train_cfgs: dict, eval_cfgs: dict, log, export_cfgs: dict | None = None
+) -> dict[str, str]:
+    """Train, export, then evaluate through the shared orchestrator; strategy → error of its first failed stage."""
     from distilltune.distill.orchestrate import Hooks, Job, Runner, run_jobs
     from distilltune.evaluation.evaluate import evaluate
+    from distilltune.export.run import export_model
+
+    export_cfgs = export_cfgs or {}
 
     table = cfg.table()
     refs = Refs(cfg, table, out / "runs")
@@ -228,9 +282,10 @@ def _run_stages(cfg, out: Path, view: Path, train_cfgs: dict, eval_cfgs: dict, l
         Job(f"train {n}", TRAINER[table[n].kind], tc, Path(tc.output),
             needs=tuple(f"train {d}" for d in needs(table, n)), reporter=StageReporter(n, log))
         for n, tc in train_cfgs.items()
-    ] + [
+    ] + _export_jobs(export_cfgs, train_cfgs, table, lambda n: StageReporter(n, log)) + [
         Job(f"evaluate {n}", "evaluate", ec, Path(ec.output),
-            needs=(f"train {n}",) if n in train_cfgs else (), reporter=StageReporter(n, log))
+            needs=(f"train {n}",) if n in train_cfgs else (f"export {n}",) if n in export_cfgs else (),
+            reporter=StageReporter(n, log))
         for n, ec in eval_cfgs.items()
     ]  # fmt: skip
     stages = []
@@ -253,7 +308,10 @@ def _run_stages(cfg, out: Path, view: Path, train_cfgs: dict, eval_cfgs: dict, l
     hooks = Hooks(
         begin=lambda i, job, state: progress.begin(i, stages[i - 1], skipped=state == "complete"),
         end=end,
-        extra={"evaluate": Runner(lambda ec, resume, rep: evaluate(ec, log=rep.message), _eval_state)},
+        extra={
+            "evaluate": Runner(lambda ec, resume, rep: evaluate(ec, log=rep.message), _eval_state),
+            "export": Runner(lambda xc, resume, rep: export_model(xc), _export_state),
+        },
     )
     outcomes = run_jobs(jobs, hooks, keep_going=True)
     errors: dict[str, str] = {}
@@ -287,13 +345,14 @@ def run_compare(cfg: CompareConfig, log: Callable[[str], None] | None = None) ->
     train_cfgs = training_configs(cfg, view, out, students)  # every config problem before any weight moves
     refs = Refs(cfg, table, out / "runs", students)
     eval_cfgs = {name: evaluate_config(cfg, view, out, name, refs) for name in cfg.strategies}
-    commands = _write_configs(out, train_cfgs, eval_cfgs, table)
+    export_cfgs = {n: export_config(cfg, out, n, refs) for n in cfg.strategies if table[n].deploy}
+    commands = _write_configs(out, train_cfgs, eval_cfgs, table, export_cfgs)
     log(
         f"comparing {len(cfg.strategies)} strategies on {task.name!r} ({cfg.preset} preset): "
         f"{', '.join(cfg.strategies)}; output in {out}"
     )
     started = time.perf_counter()
-    errors = _run_stages(cfg, out, view, train_cfgs, eval_cfgs, log)
+    errors = _run_stages(cfg, out, view, train_cfgs, eval_cfgs, log, export_cfgs)
     teacher_answers = _eval_answers(out, "teacher") if "teacher" in cfg.strategies else {}
     results = [strategy_result(cfg, out, n, errors.get(n), commands, teacher_answers) for n in cfg.strategies]
     commands = {"compare (this report)": _cli_config_command("compare", out / "config.yaml"), **commands}

@@ -16,6 +16,11 @@ dependency), anything else a model reference as on the command line.
 The distilled students learn from the *fine-tuned* teacher and the blend starts from the distilled
 student. Selecting a strategy whose source is not selected still trains that source (it is needed),
 but evaluates only what was asked for.
+
+Any strategy can also be evaluated *as deployed*: ``SOURCE@QUANT`` (``teacher@q8_0``,
+``student-kd@int8``) is the source strategy's model exported to a quantized format (no training:
+an export stage) and evaluated through the runtime that format ships with (``DEPLOY``). It is a
+``base`` strategy with ``deploy`` set, created from its name when selected (``deployed``).
 """
 
 from __future__ import annotations
@@ -40,6 +45,13 @@ RESERVED = {
     "student": "the strategy's student:",
 }
 TRAINER = {"finetune": "finetune", "blend": "finetune", "distill": "distill"}  # kind → training command
+# ``SOURCE@QUANT`` candidates: quantization → (backend that runs it, export format, what it is)
+DEPLOY: dict[str, tuple[str, str, str]] = {
+    "int8": ("onnx", "onnx", "ONNX with int8 weights (dynamic quantization), run by ONNX Runtime"),
+    "q8_0": ("llama.cpp", "gguf", "GGUF q8_0 (8.5 bits a weight), run by llama.cpp"),
+    "q4_k_m": ("llama.cpp", "gguf", "GGUF q4_k_m (about 4.8 bits a weight), run by llama.cpp"),
+    "f16": ("llama.cpp", "gguf", "GGUF f16, run by llama.cpp"),
+}
 
 
 class Eta(StrictModel):
@@ -99,6 +111,7 @@ class Strategy(StrictModel):
     base: str | None = None
     eta: Eta = Eta()
     builtin: bool = False
+    deploy: str | None = None  # a DEPLOY quantization: ``model`` exported and run by its backend
 
     @property
     def trained(self) -> bool:
@@ -210,13 +223,62 @@ def merge_strategy(name: str, spec: StrategySpec) -> Strategy:
     return Strategy.model_validate(data)
 
 
-def strategy_table(custom: dict[str, StrategySpec]) -> dict[str, Strategy]:
-    """The built-ins in matrix order, changed by ``custom``, then the new strategies in file order."""
+def split_deployed(name: str) -> tuple[str, str] | None:
+    """``SOURCE@QUANT`` → (source, quant); None for any other name."""
+    src, at, quant = name.rpartition("@")
+    return (src, quant) if at and src else None
+
+
+def deployed(name: str, table: dict[str, Strategy]) -> Strategy | None:
+    """The ``SOURCE@QUANT`` candidate for a selected name, when its source and quantization exist."""
+    parts = split_deployed(name)
+    if parts is None or parts[1] not in DEPLOY or parts[0] not in table or table[parts[0]].deploy:
+        return None
+    src, quant = parts
+    return Strategy(
+        name=name,
+        kind="base",
+        model=src,
+        deploy=quant,
+        description=f"{src} exported to {DEPLOY[quant][2]} (no training)",
+    )
+
+
+def strategy_table(custom: dict[str, StrategySpec], selected: list[str] | tuple = ()) -> dict[str, Strategy]:
+    """The built-ins in matrix order, changed by ``custom``, then the new strategies in file order,
+    then the selected ``SOURCE@QUANT`` candidates."""
     table = dict(BUILTIN)
     for name, spec in custom.items():
         if name in BUILTIN or spec.kind is not None:
             table[name] = merge_strategy(name, spec)
+    for name in selected:
+        d = deployed(name, table)
+        if d is not None:
+            table[name] = d
     return table
+
+
+def deploy_problems(name: str, table: dict[str, Strategy]) -> list[str]:
+    """Why a selected ``SOURCE@QUANT`` cannot run (unknown source or quantization, missing runtime)."""
+    import importlib.util
+
+    src, quant = split_deployed(name) or ("", "")
+    where = f"strategies: {name}"
+    if quant not in DEPLOY:
+        return [f"{where}: unknown quantization {quant!r}; choose one of {', '.join(DEPLOY)}"]
+    if src not in table:
+        return [f"{where}: no strategy named {src!r} to export"]
+    if table[src].deploy:
+        return [f"{where}: {src!r} is already a deployed format"]
+    backend = DEPLOY[quant][0]
+    module = {"onnx": "onnxruntime", "llama.cpp": "llama_cpp"}[backend]
+    if importlib.util.find_spec(module) is None:
+        extra = "gguf" if backend == "llama.cpp" else "onnx"
+        how = " or `make install-gguf` (builds llama.cpp with cmake)" if extra == "gguf" else ""
+        return [
+            f"{where}: runs in {backend}, which is not installed: pip install 'distilltune[{extra}]'{how}"
+        ]
+    return []
 
 
 def needs(table: dict[str, Strategy], name: str) -> list[str]:
@@ -264,14 +326,17 @@ def problems(
             out.append(
                 f"{where}.recipe.train.max_steps: use the strategy's steps: (one number or per preset)"
             )
-    table = strategy_table(custom)
+    table = strategy_table(custom, selected)
+    for name in selected:
+        if split_deployed(name) and name not in custom:
+            out += deploy_problems(name, strategy_table(custom))
     for s in table.values():
         out += _strategy_problems(table, s, steps.get(s.name) or s.steps.get(preset), preset)
     try:
         training_order(table, list(table))
     except ValueError as e:
         out.append(f"custom_strategies: {e}")
-    unknown = [s for s in selected if s not in table]
+    unknown = [s for s in selected if s not in table and not split_deployed(s)]
     if unknown:
         out.append(f"strategies: unknown strategies {unknown}; known: {', '.join(table)}")
     if not selected:
