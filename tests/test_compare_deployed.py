@@ -76,14 +76,16 @@ def test_a_missing_runtime_is_named_with_its_install_line(tmp_path, monkeypatch)
     assert DEPLOY["int8"][0] == "onnx"
 
 
-@pytest.mark.skipif(not HAVE_ORT, reason="int8 candidates run in ONNX Runtime: pip install 'distilltune[onnx]'")
+@pytest.mark.skipif(
+    not HAVE_ORT, reason="int8 candidates run in ONNX Runtime: pip install 'distilltune[onnx]'"
+)
 def test_compare_evaluates_deployed_candidates_on_every_axis(tiny_task, tiny_teacher_dir, tmp_path):
     from distilltune.compare.run import run_compare
     from distilltune.compare.schema import validate_report
 
     out = tmp_path / "cmp"
     # student-ft is trained for its export but not evaluated itself (only what is asked for)
-    names = ["teacher", "student-ft@int8"] + (["teacher@q8_0"] if HAVE_LLAMA_CPP else [])
+    names = ["student-ft@int8"] + (["teacher@q8_0"] if HAVE_LLAMA_CPP else [])
     logs: list[str] = []
     report = run_compare(_cfg(tiny_task, tiny_teacher_dir, out, names), log=logs.append)
     assert validate_report(report) == []
@@ -91,7 +93,7 @@ def test_compare_evaluates_deployed_candidates_on_every_axis(tiny_task, tiny_tea
     assert list(by) == names
     times = json.loads((out / "stage_times.json").read_text())
     assert (out / "runs" / "student-ft").is_dir() and not (out / "evals" / "student-ft").exists()
-    for name in names[1:]:
+    for name in names:
         s = by[name]
         assert s["error"] is None, s["error"]
         assert s["kind"] == "deployed" and s["quality"]["n_items"] == 5
@@ -100,7 +102,8 @@ def test_compare_evaluates_deployed_candidates_on_every_axis(tiny_task, tiny_tea
         backend = DEPLOY[split_deployed(name)[1]][0]
         assert ev["efficiency"]["backend"] == backend and ev["efficiency"]["settings"]["backend"] == backend
         assert s["efficiency"]["size_bytes"] == exported["size_bytes"]  # the exported file, not the source
-        assert exported["size_bytes"] < 0.4 * exported["fp32_safetensors_bytes"]
+        # int8 weights ~0.27x; q8_0 ~0.27x plus f32 norms, which weigh a lot in a tiny model
+        assert exported["size_bytes"] < 0.45 * exported["fp32_safetensors_bytes"]
         assert s["efficiency"]["latency_p95_ms"] > 0 and s["efficiency"]["peak_rss_mb"] > 0
         source = split_deployed(name)[0]
         own = times[f"export {name}"]
