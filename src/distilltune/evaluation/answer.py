@@ -8,8 +8,9 @@ forward passes, greedy unless ``temperature > 0``, capped by ``max_new_tokens``,
 template's end token) instead of the server's continuous-batching engine. Evaluation has no fallback
 model, so the cascade only records the student's confidence (``mean_logprob``).
 
-``answer_requests`` is used by ``evaluate`` (scores its answers) and by the efficiency probe (times it
-one request at a time). ``build_pipeline`` builds the path for a task as ``distilltune serve`` does.
+``answer_requests`` is used by ``evaluate`` to score answers (batched; the greedy text is the
+server's, as a test checks); the efficiency probe times the server's engine instead
+(``evaluation.served``). ``build_pipeline`` builds the path for a task as ``distilltune serve`` does.
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ logged; ``loggable_conversation()`` is the request as a log may keep it.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import threading
 import time
@@ -170,6 +171,19 @@ class RequestPath:
         self.cascade = cascade or CascadeConfig()
         self.index = index
         self._prompt_lock = prompt_lock or contextlib.nullcontext()
+
+    def for_threads(self) -> RequestPath:
+        """This path for callers on several threads at once (the server, a concurrent measurement).
+
+        The prompter counts context tokens with its tokenizer, which is not thread-safe: it gets a
+        private copy of that tokenizer (so retrieval never holds the lock the callers need for
+        prompt tokenization and detokenizing) and runs behind its own lock. The guard and the cascade
+        settings are shared, so a live server's thresholds can still be changed in place."""
+        prompter = self.prompter
+        if getattr(prompter, "tokenizer", None) is not None:
+            prompter = copy.copy(prompter)
+            prompter.tokenizer = copy.deepcopy(prompter.tokenizer)
+        return RequestPath(self.guard, prompter, self.cascade, self.index, prompt_lock=threading.Lock())
 
     def _check_input(self, conv: list[dict], res: RequestResult) -> bool:
         """Redact every turn in place; the last user turn decides. True when the request is refused.

@@ -13,6 +13,7 @@ from pydantic import Field, field_validator, model_validator
 
 from distilltune.config import StrictModel
 from distilltune.inference.cascade import CascadeConfig
+from distilltune.inference.generation import DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUE
 from distilltune.policy import GuardConfig
 from distilltune.retrieval.config import RetrievalConfig
 
@@ -29,7 +30,9 @@ class Limits(StrictModel):
     max_prompt_tokens: int = Field(
         default=2048, ge=16, description="longest rendered prompt (system + context + conversation)"
     )
-    max_queue: int = Field(default=64, ge=1, description="waiting requests per model before 429")
+    max_queue: int = Field(
+        default=DEFAULT_MAX_QUEUE, ge=1, description="waiting requests per model before 429"
+    )
     timeout_s: float = Field(default=120.0, gt=0, description="per-request wall-clock limit")
     body_timeout_s: float = Field(
         default=30.0, gt=0, description="the whole request body must arrive within this (else 408)"
@@ -41,7 +44,9 @@ class Limits(StrictModel):
 
 
 class Batching(StrictModel):
-    max_batch: int = Field(default=8, ge=1, description="sequences decoded together per forward pass")
+    max_batch: int = Field(
+        default=DEFAULT_MAX_BATCH, ge=1, description="sequences decoded together per forward pass"
+    )
 
 
 class Generation(StrictModel):

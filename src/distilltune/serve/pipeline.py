@@ -18,8 +18,6 @@ the request's ``LogRecord`` — redacted text only.
 
 from __future__ import annotations
 
-import copy
-import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -80,13 +78,8 @@ def _record(rec: LogRecord, res: RequestResult, done: bool) -> None:
 class RequestPipeline:
     def __init__(self, state: ServerState):
         self.state = state
-        # The prompter counts context tokens with the tokenizer; give it a private copy so retrieval
-        # never holds the lock the event loop needs for detokenizing.
-        prompter = state.prompter
-        if getattr(prompter, "tokenizer", None) is state.student.tokenizer:
-            prompter = copy.copy(prompter)
-            prompter.tokenizer = copy.deepcopy(state.student.tokenizer)
-        self.path = RequestPath(state.guard, prompter, state.config.cascade, prompt_lock=threading.Lock())
+        # Requests run on many threads: the prompter gets a private tokenizer behind its own lock.
+        self.path = RequestPath(state.guard, state.prompter, state.config.cascade).for_threads()
 
     # ---- validation -------------------------------------------------------------------------
     def resolve(self, req: ChatRequest) -> ServedModel:

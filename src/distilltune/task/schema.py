@@ -40,6 +40,9 @@ class DataPaths(StrictModel):
 
 class Budgets(StrictModel):
     latency_p95_ms: float | None = Field(default=None, gt=0)
+    # Requests in flight the deployment must handle: efficiency is then also measured with this many
+    # concurrent clients, and the latency budget is checked at that load (None: one at a time).
+    concurrency: int | None = Field(default=None, ge=1, le=256)
     memory_mb: float | None = Field(default=None, gt=0)
     min_quality: float | None = Field(default=None, ge=0, le=1)
 
