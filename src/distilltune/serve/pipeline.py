@@ -209,7 +209,7 @@ class RequestPipeline:
         if not self.path.judge(res, gen.logprobs, has_fallback=True):
             return student, ids, gen, None
         st.metrics.escalations.inc()
-        draft = self.path.releaser(student.tokenizer, student.tok_lock, stop)
+        draft = self.path.releaser(res, student.tokenizer, student.tok_lock, stop)
         for tok in gen.token_ids:
             draft.add(tok, student.engine.stop_ids)
         self.path.escalate(res, draft.raw_text)
@@ -255,7 +255,7 @@ class RequestPipeline:
         rec.route = extra["route"] = res.route
         yield Start(res.route, res.citations)
 
-        releaser = self.path.releaser(answering.tokenizer, answering.tok_lock, stop, incremental=stream)
+        releaser = self.path.releaser(res, answering.tokenizer, answering.tok_lock, stop, incremental=stream)
         gen, finish = buffered, None
         try:
             if buffered is not None:
