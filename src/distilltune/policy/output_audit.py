@@ -22,7 +22,13 @@ from pydantic import Field, ValidationError
 from distilltune.config import StrictModel
 from distilltune.errors import ProblemList
 from distilltune.io import read_jsonl_objects
-from distilltune.policy.output import DUMP_NGRAM, OutputContext, copied_words, normalize
+from distilltune.policy.output import (
+    DUMP_NGRAM,
+    OutputContext,
+    copied_words,
+    directive_payloads,
+    normalize,
+)
 
 OUTPUT_REASONS = ("injection_followed", "context_dump")
 
@@ -173,8 +179,9 @@ def dump_calibration(task, threshold: int) -> dict:
             counts.append(n)
             if n >= threshold:
                 flagged_ids.append(cid)
-            asked = OutputContext(whole, [m.content for m in conv.messages[:-1]])
-            if knowledge.followed(answer) or asked.followed(answer):
+            said = f" {normalize(answer)} "
+            asked = [p for m in conv.messages[:-1] for p in directive_payloads(m.content)]
+            if knowledge.followed(answer) or any(f" {p} " in said for p in asked):
                 obeyed_ids.append(cid)
         grounded[split] = _summary(counts)
     framed, bare = [], []
