@@ -28,8 +28,9 @@ Calibration of the default threshold (``DUMP_WORDS``) on acme-support, measured 
 ``policy.audit.dump_calibration`` and recorded by ``benchmarks/guard.py``: its 546 train and 180 eval
 answers are at most 25 words long and copy at most 24 words in 8-gram runs from the whole knowledge
 base and system prompt together (an upper bound on what they copy from any retrieved context);
-verbatim dumps of one retrieved chunk with its label copy 23-95 words (median 42). 32 leaves every
-acme answer 8 words under the line and flags the dump of any chunk of 26 or more words (docs/guard.md).
+verbatim dumps of one retrieved chunk with its label copy 25-100 words (median 46), without it 17-89
+(median 35). 32 leaves every acme answer 8 words under the line and flags 95 % of labelled and 70 % of
+bare single-chunk dumps (docs/guard.md).
 """
 
 from __future__ import annotations
