@@ -116,6 +116,16 @@ class RequestPipeline:
                 raise APIError(
                     400, f"message {i} is longer than {lim.max_message_chars} characters", param="messages"
                 )
+        total = sum(len(m.text()) for m in req.messages)
+        if total > lim.max_request_chars:
+            # The guard reads every character (PII in any turn, split across turns): its CPU grows
+            # with the total, so the total is capped, not only each message. No content is echoed.
+            raise APIError(
+                400,
+                f"the messages hold more than {lim.max_request_chars} characters in total",
+                param="messages",
+                code="request_too_long",
+            )
         turns = [m for m in req.messages if m.role in ("user", "assistant")]
         if not turns or turns[-1].role != "user":
             raise APIError(400, "the conversation must end with a user message", param="messages")
