@@ -55,7 +55,7 @@ _WORD = re.compile(r"\w+")
 # guard's injection signals, which cover "ignore previous instructions", fake system messages, ...).
 _HIJACK = re.compile(
     r"\b(?:your\s+(?:only|new|real|actual|sole|next|one)\s+(?:task|job|instruction|goal|mission|purpose)"
-    r"|(?:note|message|instructions?|memo)\s+(?:to|for)\s+(?:any|the|all|every)?\s*(?:ai|assistants?|models?|llms?|bots?|chatbots?)\b"
+    r"|(?:note|message|instructions?|memo)\s+(?:to|for)\s+(?:(?:any|the|all|every)\s+)?(?:ai|assistants?|models?|llms?|bots?|chatbots?)\b"
     r"|(?:ai|assistant|model|llm|bot|chatbot)s?\s+(?:reading|processing|summari[sz]ing)\s+this"
     r"|(?:and\s+)?nothing\s+else|(?:disregard|ignore|forget)\s+(?:everything\s+|all\s+)?(?:the\s+)?(?:above|previous|before)"
     r"|instead,?\s+(?:say|reply|respond|output|print|answer|write)|from\s+now\s+on"
@@ -76,14 +76,16 @@ _VERB = (
     r"|di|dile|escribe|responde\s+con|dis|dites|écris|écrivez|réponds\s+(?:avec|par)|répondez\s+(?:avec|par)"
     r"|sag|sage|sagen\s+sie|schreib(?:e|en\s+sie)?|antworte\s+mit)"
 )
+# Written so that no two quantifiers compete for the same whitespace (a run of spaces after "say"
+# must cost linear time, not quadratic), and a payload is read from at most 200 characters.
 _LEAD = (
-    r"(?:\s+(?:only|just|exactly|back|verbatim|simply|literally|out|that))*"
-    r"(?:\s+(?:the|this|these)?\s*(?:words?|phrase|text|string|sentence|message|code|token|line|reply|answer))?"
+    r"(?:\s+(?:only|just|exactly|back|verbatim|simply|literally|out|that)\b)*"
+    r"(?:\s+(?:(?:the|this|these)\s+)?(?:words?|phrase|text|string|sentence|message|code|token|line|reply|answer)\b)?"
     r"\s*[:\-–—]?\s*"
 )
 _QUOTE_PAIRS = {'"': '"', "'": "'", "“": "”", "‘": "’", "«": "»", "„": "“", "`": "`"}
 _DIRECTIVE = re.compile(rf"\b{_VERB}\b{_LEAD}", _I)
-_UNQUOTED = re.compile(r"(?:[^\n!?;,\"“”«»'‘’`.]|\.(?=\S))+")
+_UNQUOTED = re.compile(r"(?:[^\n!?;,\"“”«»'‘’`.]|\.(?=\S)){1,200}")
 _CLAUSE = re.compile(r"\s+(?:and|then|but|or|so|because|if|when|y|et|und)\s+", _I)
 _TAIL = re.compile(
     r"\s+(?:and\s+nothing\s+else|and\s+stop|and\s+nothing\s+more|only|instead|from\s+now\s+on|"
