@@ -254,7 +254,7 @@ def test_a_fallback_answer_that_obeys_injected_text_is_refused(live, monkeypatch
         if stream:
             chunks = list(_ask(client, question, max_tokens=8, stream=True))
             text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-            extra = [c for c in chunks if c.choices and c.choices[0].finish_reason][0].model_extra
+            extra = next(c for c in chunks if c.choices and c.choices[0].finish_reason).model_extra
         else:
             comp = _ask(client, question, max_tokens=8)
             text, extra = comp.choices[0].message.content, comp.model_extra
