@@ -67,7 +67,7 @@ def _decode_batch(path: RequestPath, model, tokenizer, chunk: list[RequestResult
     lock = threading.Lock()
     for res, prompt, new, lp in zip(chunk, prompts, ids, lps, strict=True):
         path.judge(res, lp, has_fallback=False)
-        releaser = path.releaser(tokenizer, lock)
+        releaser = path.releaser(res, tokenizer, lock)
         for tok in new:
             releaser.add(tok, stops)
         finished = bool(new) and new[-1] in stops

@@ -26,6 +26,12 @@ class Limits(StrictModel):
     max_body_bytes: int = Field(default=256 * 1024, ge=1024, description="largest accepted request body")
     max_messages: int = Field(default=64, ge=1, description="most messages in one request")
     max_message_chars: int = Field(default=16_000, ge=1, description="longest single message")
+    max_request_chars: int = Field(
+        default=12_000,
+        ge=1,
+        description="most characters in all messages together: bounds the guard's CPU per request "
+        "(worst case about 40 us per character on the dev machine, so about 0.5 s at the default)",
+    )
     max_tokens: int = Field(default=512, ge=1, description="largest max_tokens a request may ask for")
     max_prompt_tokens: int = Field(
         default=2048, ge=16, description="longest rendered prompt (system + context + conversation)"

@@ -109,6 +109,16 @@ class RequestPipeline:
                 raise APIError(
                     400, f"message {i} is longer than {lim.max_message_chars} characters", param="messages"
                 )
+        total = sum(len(m.text()) for m in req.messages)
+        if total > lim.max_request_chars:
+            # The guard reads every character (PII in any turn, split across turns): its CPU grows
+            # with the total, so the total is capped, not only each message. No content is echoed.
+            raise APIError(
+                400,
+                f"the messages hold more than {lim.max_request_chars} characters in total",
+                param="messages",
+                code="request_too_long",
+            )
         turns = [m for m in req.messages if m.role in ("user", "assistant")]
         if not turns or turns[-1].role != "user":
             raise APIError(400, "the conversation must end with a user message", param="messages")
@@ -202,7 +212,7 @@ class RequestPipeline:
         if not self.path.judge(res, gen.logprobs, has_fallback=True):
             return student, ids, gen, None
         st.metrics.escalations.inc()
-        draft = self.path.releaser(student.tokenizer, student.tok_lock, stop)
+        draft = self.path.releaser(res, student.tokenizer, student.tok_lock, stop)
         for tok in gen.token_ids:
             draft.add(tok, student.engine.stop_ids)
         self.path.escalate(res, draft.raw_text)
@@ -248,7 +258,7 @@ class RequestPipeline:
         rec.route = extra["route"] = res.route
         yield Start(res.route, res.citations)
 
-        releaser = self.path.releaser(answering.tokenizer, answering.tok_lock, stop, incremental=stream)
+        releaser = self.path.releaser(res, answering.tokenizer, answering.tok_lock, stop, incremental=stream)
         gen, finish = buffered, None
         try:
             if buffered is not None:
