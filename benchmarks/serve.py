@@ -22,7 +22,7 @@ concurrency 1 the server's answers are compared with the sequential baseline's (
 expected).
 
 Model: ``--model``, by default a *trained* student (``DEFAULT_MODEL``, the distilled student of a demo
-run, ``$DISTILLTUNE_BENCH_STUDENT`` overrides it): its answers end at its end token with varied
+run: ``demo-output/runs/student-kd`` after ``make demo``; ``$DISTILLTUNE_BENCH_STUDENT`` overrides it): its answers end at its end token with varied
 lengths, as served answers do. An untrained model rarely emits its end token, so every answer runs to
 ``max_tokens`` and batching looks better than it is (no early finishers, no ragged batches). The
 answer-length distribution (new tokens, share ended by the end token, histogram) is reported for every
@@ -54,7 +54,10 @@ from common import peak_rss_mb, write_result
 
 REPO = Path(__file__).resolve().parent.parent
 TASK = REPO / "examples" / "acme-support"
-DEFAULT_MODEL = os.environ.get("DISTILLTUNE_BENCH_STUDENT", "/tmp/demo-final/runs/student-kd")
+# `make demo` writes demo-output/ at the repository root.
+DEFAULT_MODEL = os.environ.get(
+    "DISTILLTUNE_BENCH_STUDENT", str(Path(__file__).resolve().parent.parent / "demo-output/runs/student-kd")
+)
 STAND_IN = "smollm2-135m-instruct:n_layers=6"
 LENGTH_BUCKETS = (8, 16, 32, 64, 128, 256, 512)
 
@@ -68,7 +71,7 @@ def check_model(ref: str) -> None:
     if not path.exists():
         raise SystemExit(
             f"no trained student at {path}: pass --model RUN_DIR (a distilled or fine-tuned run directory, "
-            "e.g. runs/student-kd from `python benchmarks/demo.py`, or set DISTILLTUNE_BENCH_STUDENT), or "
+            "e.g. demo-output/runs/student-kd after `make demo`, or set DISTILLTUNE_BENCH_STUDENT), or "
             f"--model {STAND_IN} for the untrained stand-in (its answers rarely end before max_tokens)"
         )
     if path.is_dir() and not any((path / n).exists() for n in ("model", "adapter", "config.json")):
