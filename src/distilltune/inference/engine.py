@@ -11,10 +11,10 @@ the running batch, left-padded, so a request never waits for a whole batch to dr
 cancelled rows leave the batch at once and padding columns nobody needs are trimmed. Every row keeps
 its own positions, so batching does not change what a row attends to.
 
-The running batch's tensors (rows, left-padded mask and KV cache, merging, trimming, token choice)
-are ``inference.batch``'s; models whose cache cannot be merged (sliding windows) fall back to admitting
-only into an empty batch. PEFT prefix-tuned models are decoded without a KV cache (their prefix is
-lost with it; docs/design.md), recomputing each row's full sequence every step.
+This module is the scheduler. The forward passes (prefill, decode step, adapter switching, prefix-tuned
+models without a KV cache) are ``inference.runner``'s; the running batch's tensors (left-padded mask
+and KV cache, merging, trimming, token choice) are ``inference.batch``'s. Models whose cache cannot be
+merged (sliding windows) fall back to admitting only into an empty batch.
 
 Several LoRA adapters can share the base (``adapter`` per request): a batch holds one adapter at a
 time; the oldest waiting request decides which adapter runs next.
@@ -30,7 +30,6 @@ model) and compare's efficiency measurement both call it, so what compare times 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import threading
@@ -40,7 +39,7 @@ from collections.abc import Callable
 
 import torch
 
-from distilltune.inference.batch import Batch, Row, keep_rows, merge, pick, plain_dynamic_layers
+from distilltune.inference.batch import Batch, Row, keep_rows, merge, plain_dynamic_layers
 from distilltune.inference.generation import (
     DEFAULT_MAX_BATCH,
     DEFAULT_MAX_QUEUE,
@@ -53,16 +52,9 @@ from distilltune.inference.generation import (
     GenResult,
     QueueFull,
 )
-from distilltune.models.generate import _cache_kwarg, uses_prefix_tuning
+from distilltune.inference.runner import ModelRunner
 
 log = logging.getLogger("distilltune.serve")
-
-
-def _accepts(model, kwarg: str) -> bool:
-    import inspect
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return kwarg in inspect.signature(base.forward).parameters
 
 
 class Engine:
@@ -82,21 +74,17 @@ class Engine:
     ):
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
-        self.model = model.eval()
+        self.runner = ModelRunner(model, pad_id, tuple(adapters))
+        self.model = self.runner.model
         self.name = name
         self.stop_ids = sorted(set(stop_ids))
         self.pad_id = pad_id
         self.max_batch = max_batch
         self.max_queue = max_queue
-        self.adapters = set(adapters)
+        self.adapters = self.runner.adapters
         self.on_batch = on_batch  # metrics hook: called with the batch size of every decode step
-        self.device = next(model.parameters()).device
-        self.use_cache = not uses_prefix_tuning(model)
-        self.cache_kw = _cache_kwarg(model)
-        # Only the last position's logits are needed: skipping the vocabulary projection for the rest of
-        # the prompt halves the prefill of a small model (its lm_head is most of its parameters).
-        self._keep_last = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
-        self._stops = torch.tensor(self.stop_ids, device=self.device)
+        self.device = self.runner.device
+        self.use_cache = self.runner.use_cache
         self._waiting: deque[GenRequest] = deque()
         self._cv = threading.Condition()
         self._ids = itertools.count(1)
@@ -257,23 +245,7 @@ class Engine:
             self._waiting.remove(r)
         return taken
 
-    @contextlib.contextmanager
-    def _adapter_ctx(self, adapter: str | None):
-        if not self.adapters:
-            yield
-        elif adapter is None:
-            with self.model.disable_adapter():
-                yield
-        else:
-            if getattr(self.model, "active_adapter", None) != adapter:
-                self.model.set_adapter(adapter)
-            yield
-
-    def _forward(self, batch_adapter: str | None, **kw):
-        with self._adapter_ctx(batch_adapter):
-            return self.model(**kw)
-
-    @torch.inference_mode()
+    @torch.inference_mode()  # merging and retiring touch the cache's inference tensors too
     def _admit(self, batch: Batch, reqs: list[GenRequest]) -> None:
         """Prefill ``reqs``, pick their first tokens, merge them into ``batch``.
 
@@ -294,7 +266,9 @@ class Engine:
 
     def _prefill_group(self, batch: Batch, reqs: list[GenRequest], admitted: int) -> None:
         try:
-            group = self._prefill(reqs, admitted)
+            group = self.runner.prefill(reqs, admitted)
+            if self.use_cache and self._mergeable is None:
+                self._mergeable = plain_dynamic_layers(group.cache) is not None
         except Exception as e:  # before the merge: the running batch is untouched, only these fail
             log.error("engine %s: prefill failed (%s)", self.name, type(e).__name__)
             for r in reqs:
@@ -304,84 +278,16 @@ class Engine:
         merge(batch, group, self.pad_id, self.use_cache)
         self._emit_and_retire(batch, group.next_ids, group.logprobs, rows_new=new_rows)
 
-    def _prefill(self, reqs: list[GenRequest], admitted: int) -> Batch:
-        """Prefill ``reqs`` as a group and pick their first tokens; returns the group, not yet merged."""
-        t0 = time.perf_counter()
-        width = max(len(r.prompt_ids) for r in reqs)
-        ids = torch.full((len(reqs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(reqs), width), dtype=torch.long)
-        for i, r in enumerate(reqs):
-            ids[i, width - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids)
-            mask[i, width - len(r.prompt_ids) :] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        adapter = reqs[0].adapter
-        res = self._forward(
-            adapter,
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=pos,
-            use_cache=self.use_cache,
-            **self._keep_last,
-            **({self.cache_kw: None} if self.use_cache else {}),
-        )
-        cache = getattr(res, self.cache_kw) if self.use_cache else None
-        rows = []
-        for r in reqs:
-            gen = torch.Generator(device="cpu").manual_seed(r.seed) if r.seed is not None else None
-            rows.append(
-                Row(r, n_real=len(r.prompt_ids), admitted_at=t0, generator=gen, max_batch_seen=admitted)
-            )
-        nxt, lp = pick(res.logits[:, -1, :], rows)
-        prefill_s = time.perf_counter() - t0
-        if self.use_cache and self._mergeable is None:
-            self._mergeable = plain_dynamic_layers(cache) is not None
-        for row in rows:
-            row.prefill_s = prefill_s
-            row.first_token_at = time.perf_counter()
-        group = Batch()
-        group.rows, group.mask, group.cache, group.adapter = rows, mask, cache, adapter
-        group.seq = None if self.use_cache else ids
-        group.next_ids, group.logprobs = nxt, lp
-        return group
-
     @torch.inference_mode()
     def _step(self, batch: Batch) -> None:
-        """One decode step for every row: feed each row's next token, pick the following one."""
+        """One decode step for every row (the runner's forward pass), then report and retire."""
         t0 = time.perf_counter()
         b = len(batch.rows)
         if self.on_batch is not None:
             self.on_batch(b)
         for row in batch.rows:
             row.max_batch_seen = max(row.max_batch_seen, b)
-        ones = torch.ones((b, 1), dtype=batch.mask.dtype, device=self.device)
-        batch.mask = torch.cat([batch.mask, ones], dim=1)
-        if self.use_cache:
-            pos = torch.tensor([[r.n_real] for r in batch.rows], device=self.device)
-            res = self._forward(
-                batch.adapter,
-                input_ids=batch.next_ids[:, None],
-                attention_mask=batch.mask,
-                position_ids=pos,
-                use_cache=True,
-                **{self.cache_kw: batch.cache},
-            )
-            batch.cache = getattr(res, self.cache_kw)
-        else:
-            batch.seq = torch.cat([batch.seq, batch.next_ids[:, None]], dim=1)
-            pos = (batch.mask.cumsum(-1) - 1).clamp(min=0)
-            res = self._forward(
-                batch.adapter,
-                input_ids=batch.seq,
-                attention_mask=batch.mask,
-                position_ids=pos,
-                use_cache=False,
-                **self._keep_last,
-            )
-        for row in batch.rows:
-            row.n_real += 1
-        nxt, lp = pick(res.logits[:, -1, :], batch.rows)
-        batch.next_ids = nxt
+        nxt, lp = self.runner.step(batch)
         dt = time.perf_counter() - t0
         self._step_s_ema = dt if self._step_s_ema is None else 0.9 * self._step_s_ema + 0.1 * dt
         self._emit_and_retire(batch, nxt, lp)
