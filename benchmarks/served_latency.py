@@ -17,7 +17,7 @@ and p95 gets the report's bootstrap interval (``compare.stats.quantile_ci``); th
 (both (a) runs pooled) gets a bootstrap interval from resampling both sides' samples, and the two agree
 "within noise" when that interval contains 1.
 
-Model: ``--model`` (default the demo's distilled student, ``/tmp/demo-final/runs/student-kd``); task
+Model: ``--model`` (default the demo's distilled student, ``demo-output/runs/student-kd`` after ``make demo``); task
 ``--task`` (default examples/acme-support); ``--preset`` the compare preset whose settings are used.
 
     python benchmarks/served_latency.py                      # writes results/served_latency.json
@@ -41,7 +41,7 @@ import numpy as np
 from common import write_result
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL = "/tmp/demo-final/runs/student-kd"
+DEFAULT_MODEL = str(REPO / "demo-output" / "runs" / "student-kd")  # written by `make demo`
 DEFAULT_TASK = REPO / "examples" / "acme-support"
 RESAMPLES = 2000
 API_KEY_ENV = "DISTILLTUNE_BENCH_KEY"
@@ -194,7 +194,9 @@ def main() -> None:
     ap.add_argument("--output-name", default="served_latency")
     args = ap.parse_args()
     if not Path(args.model).exists():
-        raise SystemExit(f"--model {args.model}: not found (a run dir, e.g. a compare run's runs/student-kd)")
+        raise SystemExit(
+            f"--model {args.model}: not found (a run dir, e.g. demo-output/runs/student-kd after make demo)"
+        )
     from distilltune.evaluation import efficiency
 
     with tempfile.TemporaryDirectory() as tmp:
