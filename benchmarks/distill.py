@@ -14,7 +14,21 @@ same tuned allocator for every side. Each part runs in its own subprocess so pea
 - ``trl``      ``trl.experimental.gkd.GKDTrainer`` with lmbda=0, beta=0, bf16 off, gradient checkpointing
                off, the same teacher, student, examples (our collator: identical token tensors) and batch;
 - ``error``    the loss error of top-k + tail bucket vs the full-vocabulary loss, for the untrained
-               student and for the student trained by ``cached``, for fkl, rkl and jsd.
+               student and for the student trained by ``cached``, for fkl, rkl and jsd;
+- ``first_epoch`` time to a first trained epoch from a cold start, in one process as a user's run
+               pays it: Python start-up and imports, examples, a teacher cache built from nothing
+               (teacher load, teacher passes, write; its own empty cache directory), the teacher
+               freed, the student loaded, one epoch of cached KD. Reported beside the steady-state
+               rate (``time_to_first_epoch``); ``online``'s cold-start time to its first epoch
+               (teacher and student load + the epoch) is reported beside it.
+
+One invocation, one allocator: every part runs as a subprocess of this one invocation, back to back,
+with the environment of the parent after ``reexec_with_tuned_allocator`` (the tuned malloc settings
+the CLI uses for training). Each part records the allocator settings and thread count it ran with,
+and the parent refuses to write results whose parts differ. So every ratio in ``ratios`` (ours vs
+TRL's ``GKDTrainer`` included) is between parts of one invocation (``ratios_scope``). A ratio between
+two results files (e.g. ``distill.json`` vs ``distill-rerun.json``) is across separate runs and must be
+quoted as such.
 
 ``--quality`` runs the issue's acceptance comparison instead: from the CLI on the bundled task, a
 cached-KD student and the same student fine-tuned on the labels only, for the same number of steps
@@ -44,6 +58,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -53,8 +69,11 @@ from pathlib import Path
 
 from common import peak_rss_mb, reexec_with_tuned_allocator, write_result
 
+PROCESS_T0 = time.perf_counter()  # before torch & co. are imported: a part's cold start counts from here
+
 TEACHER = "smollm2-135m-instruct"
-STUDENT = f"{TEACHER}:layers=0,1,2,27,28,29"
+STUDENT_LAYERS = "0,1,2,27,28,29"
+STUDENT = f"{TEACHER}:layers={STUDENT_LAYERS}"
 TASK = Path(__file__).resolve().parent.parent / "examples" / "acme-support"
 K = 32
 K_ERROR = 128  # the error part stores more and derives every smaller k from it
@@ -107,7 +126,7 @@ def _teacher():
     return t
 
 
-def _cache(a, examples, tok, load_teacher=_teacher, positions: str = "answer"):
+def _cache(a, examples, tok, load_teacher=_teacher, positions: str = "answer", root: Path | None = None):
     """The benchmark's top-K cache of ``examples`` (built by ``load_teacher`` when missing)."""
     from distilltune.distill.teacher_cache import ensure_teacher_cache
 
@@ -117,7 +136,7 @@ def _cache(a, examples, tok, load_teacher=_teacher, positions: str = "answer"):
         examples=examples,
         k=K,
         load_teacher=load_teacher,
-        root=Path(a.workdir) / "cache",
+        root=root or Path(a.workdir) / "cache",
         batch_size=a.batch,
         positions=positions,
     )
@@ -143,8 +162,11 @@ def part_cache(a) -> dict:
 
 
 def _loop(a, objective, model, examples, tok, steps: int) -> dict:
+    """Train ``steps`` steps; step times, the first epoch (measured or extrapolated) and wall clocks:
+    ``setup_s`` from this process's start to the loop, ``loop_wall_s`` around the loop."""
     from distilltune.train.loop import batches_per_epoch, train_loop
 
+    t_loop = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         result = train_loop(
             model=model,
@@ -155,6 +177,7 @@ def _loop(a, objective, model, examples, tok, steps: int) -> dict:
             run_dir=tmp,
             pad_id=tok.pad_token_id,
         )
+    loop_wall_s = time.perf_counter() - t_loop
     rows = [r for r in result.history if r["type"] == "train"]
     timed = [r["step_s"] for r in rows][a.warmup :]
     step_s = statistics.median(timed)
@@ -171,6 +194,10 @@ def _loop(a, objective, model, examples, tok, steps: int) -> dict:
         if epoch_measured
         else round(step_s * per_epoch, 2),
         "epoch_s_measured": epoch_measured,
+        "setup_s": round(t_loop - PROCESS_T0, 2),
+        "loop_wall_s": round(loop_wall_s, 2),
+        # the loop ran exactly one epoch: its wall clock is the epoch's (data, optimizer and all)
+        "first_epoch_wall_s": round(loop_wall_s, 2) if len(rows) == per_epoch else None,
         "final_loss": rows[-1]["loss"],
         "final_kd": rows[-1].get("kd"),
         "model": result.model,
@@ -274,6 +301,7 @@ def part_trl(a) -> dict:
             lr_scheduler_type="constant",
             warmup_steps=0,
         )
+        t_setup = time.perf_counter()
         trainer = GKDTrainer(
             model=_student(),
             teacher_model=_teacher(),
@@ -283,10 +311,22 @@ def part_trl(a) -> dict:
             processing_class=tok,
             callbacks=[Timer()],
         )
+        t_train = time.perf_counter()
         trainer.train()
+        train_wall_s = time.perf_counter() - t_train
     timed = times[a.warmup :]
     step_s = statistics.median(timed)
+    from distilltune.train.loop import batches_per_epoch
+
+    per_epoch = batches_per_epoch(len(examples), a.batch, 1)
+    setup_s = t_train - PROCESS_T0
     return {
+        "setup_s": round(setup_s, 2),
+        "setup_trainer_s": round(t_train - t_setup, 2),
+        "train_wall_s": round(train_wall_s, 2),
+        "batches_per_epoch": per_epoch,
+        "epoch_s_extrapolated": round(step_s * per_epoch, 2),
+        "time_to_first_epoch_s_extrapolated": round(setup_s + step_s * per_epoch, 2),
         "steps": len(times),
         "timed_steps": len(timed),
         "step_s": round(step_s, 4),
@@ -370,6 +410,38 @@ def part_error(a) -> dict:
     return out
 
 
+def part_first_epoch(a) -> dict:
+    """Cold start to one trained epoch in this process (see the module docstring)."""
+    from distilltune.distill.config import KDSettings
+    from distilltune.distill.objectives import CachedKD
+    from distilltune.train.loop import batches_per_epoch
+
+    examples, tok = _examples(a.seq)
+    t_examples = time.perf_counter()
+    root = Path(a.workdir) / "first-epoch-cache"
+    shutil.rmtree(root, ignore_errors=True)  # built from nothing, whatever ran before
+    cache = _cache(a, examples, tok, root=root)
+    t_cache = time.perf_counter()
+    per_epoch = batches_per_epoch(len(examples), a.batch, 1)
+    steps = a.warmup + a.steps if a.quick else per_epoch
+    params = KDSettings(loss="fkl", alpha=0.0, chunk_size=512, positions="answer")
+    out = _loop(a, CachedKD(cache, params), _student(), examples, tok, steps)
+    out.pop("model")
+    epoch = out["first_epoch_wall_s"]
+    measured = epoch is not None
+    if not measured:  # --quick: the epoch is extrapolated from the median step
+        epoch = out["step_s"] * per_epoch
+    out |= {
+        "startup_and_examples_s": round(t_examples - PROCESS_T0, 2),
+        "cache_build_s": round(t_cache - t_examples, 2),
+        "student_setup_s": round(out["setup_s"] - (t_cache - PROCESS_T0), 2),
+        "time_to_first_epoch_s": round(out["setup_s"] + epoch, 2),
+        "time_to_first_epoch_measured": measured,
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+    return out
+
+
 PARTS = {
     "cache": part_cache,
     "cached": part_cached,
@@ -377,6 +449,7 @@ PARTS = {
     "online": part_online,
     "trl": part_trl,
     "error": part_error,
+    "first_epoch": part_first_epoch,
 }
 
 
@@ -394,17 +467,77 @@ def run_part(name: str, a) -> dict:
         str(a.seq),
     ]
     cmd += ["--warmup", str(a.warmup), "--steps", str(a.steps), "--error-examples", str(a.error_examples)]
+    cmd += ["--teacher", a.teacher]
     if a.quick:
         cmd.append("--quick")
     print(f"[bench] {name} ...", file=sys.stderr, flush=True)
-    p = subprocess.run(cmd, capture_output=True, text=True)
+    t0 = time.perf_counter()
+    # The parent's own environment (tuned allocator after the re-exec) for every part, explicitly.
+    p = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
     lines = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
     if p.returncode != 0 or not lines:
         raise SystemExit(f"part {name} failed:\n{p.stderr[-4000:]}")
     r = json.loads(lines[-1][len("RESULT ") :])
+    r["process_wall_s"] = round(time.perf_counter() - t0, 2)
     brief = {k: r[k] for k in ("step_s", "tokens_per_s", "epoch_s", "peak_rss_mb", "build_s") if k in r}
     print(f"[bench]   {brief}", file=sys.stderr, flush=True)
     return r
+
+
+def allocator_settings() -> dict:
+    """The malloc settings and torch thread count this process runs with."""
+    import torch
+
+    from distilltune.runtime import FAST_ALLOCATOR_ENV, allocator_is_tuned
+
+    env = {k: os.environ.get(k) for k in FAST_ALLOCATOR_ENV}
+    return {"tuned": allocator_is_tuned(), "env": env, "torch_threads": torch.get_num_threads()}
+
+
+def _same_allocator(parts: dict) -> dict:
+    """The one allocator setting every part ran with; refuses to go on when they differ."""
+    seen = {json.dumps(r["allocator"], sort_keys=True): name for name, r in parts.items()}
+    if len(seen) > 1:
+        raise SystemExit(f"parts ran under different allocator settings: {sorted(seen)}")
+    return next(iter(parts.values()))["allocator"] if parts else {}
+
+
+def _first_epoch_report(parts: dict) -> dict:
+    """Cold-start time to a first epoch beside the steady-state rate (all from this invocation)."""
+    fe, cached, online, trl = (parts.get(n) for n in ("first_epoch", "cached", "online", "trl"))
+    out: dict = {}
+    if fe:
+        out["cached_kd"] = {
+            k: fe[k]
+            for k in (
+                "time_to_first_epoch_s",
+                "time_to_first_epoch_measured",
+                "startup_and_examples_s",
+                "cache_build_s",
+                "student_setup_s",
+                "first_epoch_wall_s",
+                "batches_per_epoch",
+            )
+        } | {"steady_state_step_s": fe["step_s"], "steady_state_tokens_per_s": fe["tokens_per_s"]}
+    if cached:
+        out["cached_kd_steady_state"] = {"step_s": cached["step_s"], "tokens_per_s": cached["tokens_per_s"]}
+    if online:
+        epoch = online["first_epoch_wall_s"]
+        out["online_kd"] = {
+            "time_to_first_epoch_s": round(online["setup_s"] + (epoch or online["epoch_s"]), 2),
+            "time_to_first_epoch_measured": epoch is not None,
+            "setup_s": online["setup_s"],
+            "steady_state_step_s": online["step_s"],
+            "steady_state_tokens_per_s": online["tokens_per_s"],
+        }
+    if trl:
+        out["trl_gkd"] = {
+            "time_to_first_epoch_s_extrapolated": trl["time_to_first_epoch_s_extrapolated"],
+            "setup_s": trl["setup_s"],
+            "steady_state_step_s": trl["step_s"],
+            "steady_state_tokens_per_s": trl["tokens_per_s"],
+        }
+    return out
 
 
 def _target(name: str, value: float, ok: bool) -> dict:
@@ -567,6 +700,7 @@ def quality(a) -> dict:
 
 
 def main() -> None:
+    global TEACHER, STUDENT
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="1 warm-up + 3 timed steps per part")
     ap.add_argument("--warmup", type=int, default=2)
@@ -576,6 +710,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--error-examples", type=int, default=64)
+    ap.add_argument(
+        "--teacher",
+        default=TEACHER,
+        help="teacher of the speed parts (default: the bundled model; a directory with the same "
+        "architecture and random weights measures the same speed, e.g. to check the harness)",
+    )
     ap.add_argument(
         "--workdir", default=None, help="where the cache and the trained student go (default: temp)"
     )
@@ -620,6 +760,7 @@ def main() -> None:
         a.warmup, a.steps, a.error_examples = 1, 3, 16
 
     reexec_with_tuned_allocator()
+    TEACHER, STUDENT = a.teacher, f"{a.teacher}:layers={STUDENT_LAYERS}"
     if a.quality:
         with tempfile.TemporaryDirectory() as tmp:
             a.workdir = a.workdir or tmp
@@ -632,7 +773,7 @@ def main() -> None:
         from distilltune.runtime import set_threads
 
         set_threads()
-        if a.part in ("cached", "cached_all", "online"):
+        if a.part in ("cached", "cached_all", "online", "first_epoch"):
             from distilltune.train.loop import batches_per_epoch
 
             n = len(_examples(a.seq)[0])
@@ -640,6 +781,7 @@ def main() -> None:
                 a.warmup + a.steps if a.quick else max(batches_per_epoch(n, a.batch, 1), a.warmup + a.steps)
             )
         res = PARTS[a.part](a)
+        res["allocator"] = allocator_settings()
         print("RESULT " + json.dumps(res, default=str), flush=True)
         return
 
@@ -650,6 +792,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         a.workdir = a.workdir or tmp
         parts = {name: run_part(name, a) for name in PARTS if name in wanted}
+    allocator = _same_allocator(parts)
     targets = []
     cache, cached, online, trl, err = (parts.get(n) for n in ("cache", "cached", "online", "trl", "error"))
     ratios: dict = {}
@@ -684,6 +827,11 @@ def main() -> None:
         ratios["cached_all_step_over_cached"] = round(parts["cached_all"]["step_s"] / cached["step_s"], 4)
     if online and trl:
         ratios["online_tokens_per_s_over_trl"] = round(online["tokens_per_s"] / trl["tokens_per_s"], 4)
+    first = _first_epoch_report(parts)
+    if "cached_kd" in first and "online_kd" in first:
+        ratios["cached_first_epoch_incl_cache_build_over_online_first_epoch"] = round(
+            first["cached_kd"]["time_to_first_epoch_s"] / first["online_kd"]["time_to_first_epoch_s"], 4
+        )
     data = {
         "quick": a.quick,
         "setup": {
@@ -694,6 +842,12 @@ def main() -> None:
             "k": K,
             "loss": "fkl",
         },
+        "allocator": allocator,
+        "same_invocation": True,
+        "ratios_scope": "every ratio here is between parts of this one invocation (subprocesses run back to "
+        "back under the same allocator settings and thread count); ratios between results files are across "
+        "separate runs",
+        "time_to_first_epoch": first,
         **parts,
         "ratios": ratios,
         "targets": targets,

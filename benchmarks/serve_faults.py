@@ -8,7 +8,8 @@ request log, metrics, continuous batching):
    surrogates; any JSON; deep nesting; non-JSON bytes), one at a time. Statuses, 5xx count;
 2. load: ``--clients`` concurrent clients sending ``--requests`` in all; every 4th drops its stream
    after the first event, every 7th gives up waiting. Statuses, p50/p95 of completed answers, rows
-   logged vs requests sent (fuzz and load together), the server's RSS before and after;
+   logged vs requests sent (warm-up, fuzz and load together), the server's RSS cold, after one
+   warm-up burst at full concurrency (``start``: the baseline a leak would move) and after the load;
 3. crash: load again, SIGKILL once ``--kill-after`` answers were acknowledged; the log's integrity
    check, rows logged vs sent, incomplete rows, acknowledged answers missing from the log; then a
    restart on the same log file answers and logs one more request.
@@ -112,6 +113,11 @@ def phase_fuzz_and_load(args, model: str, db: Path, overrides: list[str]) -> dic
     proc = start_server(model, str(args.task), db, port, overrides)
     try:
         wait_healthy(url, proc, timeout_s=600)
+        rss_cold = rss_mb(proc.pid)
+        # One full-concurrency burst first: the first batch of 32 sequences grows the allocator's
+        # arenas and KV buffers once; RSS measured after it is the baseline a leak would move.
+        warm = summary(run_load(url, args.clients, 1, args.max_tokens, disconnect_every=0))
+        time.sleep(2)
         rss_start = rss_mb(proc.pid)
         fz = fuzz(url, args.fuzz)
         fz["healthy_after"] = healthy(url)
@@ -123,14 +129,15 @@ def phase_fuzz_and_load(args, model: str, db: Path, overrides: list[str]) -> dic
         load = summary(outcomes)
         load["wall_s"] = round(time.perf_counter() - t0, 2)
         load["healthy_after"] = healthy(url)
-        sent = fz["sent"] + load["sent"]
+        sent = warm["sent"] + fz["sent"] + load["sent"]
         logged = wait_for_rows(db, sent, timeout_s=120)
         time.sleep(2)  # let the allocator settle before reading RSS again
         return {
             "fuzz": fz,
             "load": {**load, "clients": args.clients, "per_client": per_client},
             "log": {"requests_sent": sent, "rows_logged": logged},
-            "rss_mb": {"start": rss_start, "after_load": rss_mb(proc.pid)},
+            "warmup": warm,
+            "rss_mb": {"cold": rss_cold, "start": rss_start, "after_load": rss_mb(proc.pid)},
         }
     finally:
         proc.terminate()

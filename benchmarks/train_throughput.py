@@ -7,13 +7,27 @@ Each configuration runs in its own subprocess through ``distilltune.train.loop.t
 (the same code ``distilltune finetune`` runs: loss-position logits, AdamW, clipping, schedule), so
 peak RSS is per configuration. The first ``--warmup`` steps are not timed.
 
-MFU = 6 · params · tokens/s ÷ the fp32 matmul peak measured in the same run (n=2048 GEMM, best of 7).
-For LoRA the 6·N convention overstates the work (frozen weights need no weight gradients; ~4·N),
-so ``mfu`` is reported with the same formula for comparability and ``mfu_4n`` beside it.
+MFU = the step's training FLOPs ÷ step time ÷ the fp32 matmul peak measured in the same run (n=2048
+GEMM, best of 7). The FLOPs (``distilltune.train.flops.training_flops``) follow PaLM's accounting
+(Chowdhery et al. 2022, "PaLM: Scaling Language Modeling with Pathways", Appendix B: 6·N + 12·L·H·Q·T
+per trained token, N the non-embedding parameters, attention over the full T×T), corrected for how
+this loop runs:
+
+    FLOPs/step = 6 · N_trained · B·T  +  4 · N_frozen · B·T          (decoder matmuls, no embeddings)
+               + (6 or 4) · d · V · P                               (vocabulary head at the P loss
+                                                                     positions only: the loop computes
+                                                                     logits for labelled positions)
+               + 12 · L · H · Q · B · T²                             (attention scores and AV)
+
+(4 for frozen weights: LoRA's base weights need no weight gradient.) The total equals torch's
+``FlopCounterMode`` count of a real training step (``tests/test_train_flops.py``).
+``flops_per_step`` holds the terms. ``mfu_legacy_6n_total_params`` is the formula this script used
+before (6 × *all* parameters, embedding included, × every token, no attention): kept only so older
+results files can be compared; it is not a utilisation figure.
 
 Targets (issue #4): full fine-tuning ≥ 60 % MFU; LoRA step ≤ 0.5 × the full step of the same model.
 
-    python benchmarks/train_throughput.py            # full run (minutes), writes results/train_throughput.json
+    python benchmarks/train_throughput.py            # 2 warm-up + 20 timed steps each (minutes)
     python benchmarks/train_throughput.py --quick    # 1 warm-up + 2 timed steps per configuration
 """
 
@@ -51,6 +65,7 @@ def one(teacher: str, model_key: str, method: str, batch: int, seq: int, warmup:
     from distilltune.task import load_task
     from distilltune.train.config import FinetuneConfig
     from distilltune.train.data import build_examples
+    from distilltune.train.flops import training_flops
     from distilltune.train.loop import train_loop
     from distilltune.train.methods import apply_method
     from distilltune.train.objectives import causal_lm_objective
@@ -81,6 +96,7 @@ def one(teacher: str, model_key: str, method: str, batch: int, seq: int, warmup:
     if len(examples) < batch:
         raise SystemExit(f"only {len(examples)} examples reach {seq} tokens")
     loss_tokens = statistics.mean(e.n_loss_tokens for e in examples)
+    flops = training_flops(model, batch, seq, batch * loss_tokens)
     with tempfile.TemporaryDirectory() as tmp:
         result = train_loop(
             model=model,
@@ -108,6 +124,8 @@ def one(teacher: str, model_key: str, method: str, batch: int, seq: int, warmup:
         "step_s": step_s,
         "step_s_all": timed,
         "tokens_per_s": batch * seq / step_s,
+        "flops_per_step": flops,
+        "train_flops_per_s": flops["total"] / step_s,
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "threads": threads,
         "device": device,
@@ -118,7 +136,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="1 warm-up and 2 timed steps per configuration")
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument(
+        "--steps", type=int, default=20, help="timed steps per configuration (>= 20 for the record)"
+    )
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--models", default="teacher,student6")
@@ -183,8 +203,8 @@ def main() -> None:
     peak_after = matmul_peak_gflops()
     peak = max(peak_before, peak_after)
     for r in runs:
-        r["mfu"] = 6 * r["params"] * r["tokens_per_s"] / (peak * 1e9)
-        r["mfu_4n"] = 4 * r["params"] * r["tokens_per_s"] / (peak * 1e9)
+        r["mfu"] = r["train_flops_per_s"] / (peak * 1e9)
+        r["mfu_legacy_6n_total_params"] = 6 * r["params"] * r["tokens_per_s"] / (peak * 1e9)
 
     targets = []
     for model_key in {r["model"] for r in runs}:
@@ -210,6 +230,9 @@ def main() -> None:
         "quick": args.quick,
         "teacher": args.teacher,
         "warmup_steps": args.warmup,
+        "timed_steps": args.steps,
+        "mfu_formula": "PaLM App. B accounting: 6*N_trained*BT + 4*N_frozen*BT + (6|4)*d*V*P_loss + "
+        "12*L*H*Q*B*T^2, over the fp32 matmul peak (see the script's docstring)",
         "matmul_peak_gflops": {"before": peak_before, "after": peak_after, "used": peak},
         "runs": runs,
         "targets": targets,

@@ -262,7 +262,7 @@ def test_evaluate_with_the_onnx_backend_matches_torch(varied_model, tiny_task, t
     t = run("torch", tmp_path / "t")
     o = run("onnx", tmp_path / "o")
     assert o["settings"]["backend"] == "onnx" and o["efficiency"]["backend"] == "onnx"
-    assert o["efficiency"]["settings"]["backend"] == "onnx" and o["efficiency"]["timed_requests"] == 2
+    assert o["efficiency"]["settings"]["runtime"] == "onnx" and o["efficiency"]["timed_requests"] == 2
     assert o["efficiency"]["size_bytes"] > 0 and o["efficiency"]["params"] == t["efficiency"]["params"]
     assert [i["answer_nll"] for i in o["per_item"]] == pytest.approx(
         [i["answer_nll"] for i in t["per_item"]], abs=1e-3

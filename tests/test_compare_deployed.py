@@ -100,7 +100,7 @@ def test_compare_evaluates_deployed_candidates_on_every_axis(tiny_task, tiny_tea
         exported = json.loads((out / "exports" / name / "export.json").read_text())
         ev = json.loads((out / "evals" / name / "eval.json").read_text())
         backend = DEPLOY[split_deployed(name)[1]][0]
-        assert ev["efficiency"]["backend"] == backend and ev["efficiency"]["settings"]["backend"] == backend
+        assert ev["efficiency"]["backend"] == backend and ev["efficiency"]["settings"]["runtime"] == backend
         assert s["efficiency"]["size_bytes"] == exported["size_bytes"]  # the exported file, not the source
         # int8 weights ~0.27x; q8_0 ~0.27x plus f32 norms, which weigh a lot in a tiny model
         assert exported["size_bytes"] < 0.45 * exported["fp32_safetensors_bytes"]

@@ -427,3 +427,37 @@ def test_html_renders_in_headless_chromium(built, tmp_path):
     # Rendered content, not a blank page: many distinct colours and a non-trivial spread.
     assert img[..., :3].std() > 0.05
     assert len({tuple(px) for px in (img[::16, ::16, :3] * 255).astype(int).reshape(-1, 3)}) > 50
+
+
+def test_declared_concurrency_sets_the_latency_the_budget_is_checked_against():
+    """With budgets.concurrency, latency columns and the budget use the concurrent measurement."""
+    results = _strategies()
+    for r, p95 in zip(results, (5400.0, 1300.0, 1100.0), strict=True):
+        ev = copy.deepcopy(r.eval)
+        samples = [p95 * f for f in (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)]
+        ev["efficiency"]["concurrent"] = {
+            "concurrency": 4,
+            "latency_ms": {"p50": p95 * 0.75, "p95": p95, "samples": samples},
+            "requests_per_s": 3.5,
+        }
+        r.eval = ev
+    r = analyse(results, Budgets(latency_p95_ms=5000, concurrency=4), "t")
+    assert validate_report(r) == []
+    by = {s["name"]: s for s in r["strategies"]}
+    e = by["teacher-lora"]["efficiency"]
+    assert (e["concurrency"], e["latency_p95_ms"], e["batch1_latency_p95_ms"]) == (4, 5400.0, 4000.0)
+    assert e["latency_samples"] == pytest.approx([2700, 3240, 3780, 4320, 4860, 5400])
+    assert e["requests_per_s"] == 3.5
+    # At batch 1 teacher-lora met the budget (4000 ms); at the declared load it does not.
+    assert by["teacher-lora"]["budgets"]["checks"][0]["text"] == "p95 at 4 concurrent 5400 ms > 5000 ms"
+    assert r["recommendation"]["strategy"] != "teacher-lora"
+    assert r["budgets"]["concurrency"] == 4
+    from distilltune.compare.render import latency_note, render_markdown
+
+    assert "with 4 requests in flight" in latency_note(r)
+    assert "p95 latency at 4 concurrent requests ≤ 5000 ms" in render_markdown(r)
+    # Without a declared concurrency nothing changes: batch-1 numbers, the plain label.
+    plain = analyse(_strategies(), Budgets(latency_p95_ms=5000), "t")
+    e = plain["strategies"][0]["efficiency"]
+    assert (e["concurrency"], e["latency_p95_ms"], e["batch1_latency_p95_ms"]) == (1, 4000.0, 4000.0)
+    assert "one request at a time" in latency_note(plain)

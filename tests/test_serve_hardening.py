@@ -246,6 +246,29 @@ def test_a_slow_body_times_out(live):
     assert _rows(state)[-1]["status"] == 408
 
 
+def test_the_total_characters_of_a_request_are_capped_without_echo(live):
+    """Each message under max_message_chars, together over max_request_chars: a 400 before the guard
+    reads them (the guard's CPU grows with the total; a 256 KB body of digit runs cost ~7 s)."""
+    url, state = live
+    cap = state.config.limits.max_request_chars
+    assert cap < state.config.limits.max_message_chars * 3  # three messages can pass it
+    part = ("555 867 5309 " * (cap // 13 + 1))[: cap // 3 + 10]  # digit runs: the guard's worst case
+    convo = [
+        {"role": "user", "content": part},
+        {"role": "assistant", "content": part},
+        {"role": "user", "content": part},
+    ]
+    r = _post(url, {"model": "student", "messages": convo, "max_tokens": 4})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["code"] == "request_too_long" and err["param"] == "messages"
+    assert "555" not in r.text and str(cap) in err["message"]
+    convo[-1]["content"] = part[: cap - 2 * len(part)]  # exactly at the cap: accepted
+    assert sum(len(m["content"]) for m in convo) == cap
+    assert _post(url, {"model": "student", "messages": convo, "max_tokens": 4}).status_code == 200
+    assert _healthy(url)
+
+
 def test_unknown_model_404_does_not_echo_the_model_field(live):
     url, _state = live
     r = _post(url, {**_chat("hi"), "model": "jane.roe@example.com"})

@@ -91,6 +91,11 @@ def register(app: typer.Typer) -> None:
         latency_budget: float = typer.Option(
             None, "--budget.latency_p95_ms", help="Override the task's p95 latency budget."
         ),
+        concurrency: int = typer.Option(
+            None,
+            "--budget.concurrency",
+            help="Requests in flight the latency budget holds at (also timed at this concurrency).",
+        ),
         memory_budget: float = typer.Option(
             None, "--budget.memory_mb", help="Override the task's memory budget."
         ),
@@ -106,6 +111,7 @@ def register(app: typer.Typer) -> None:
             k: v
             for k, v in (
                 ("latency_p95_ms", latency_budget),
+                ("concurrency", concurrency),
                 ("memory_mb", memory_budget),
                 ("min_quality", quality_budget),
             )

@@ -22,6 +22,11 @@ def _loss_help() -> str:
 
 
 def register(app: typer.Typer) -> None:
+    _register_distill(app)
+    _register_run(app)
+
+
+def _register_distill(app: typer.Typer) -> None:
     @app.command("distill")
     def distill(
         task: Path = typer.Option(None, "--task", help="Task directory (task.yaml, train.jsonl, ...)."),
@@ -80,6 +85,8 @@ def register(app: typer.Typer) -> None:
         run_dir = run_distill(cfg, resume=resume, reporter=reporter)
         out.print(str(run_dir), markup=False)
 
+
+def _register_run(app: typer.Typer) -> None:
     @app.command("run")
     def run(
         pipeline: Path = typer.Argument(

@@ -88,6 +88,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 class BudgetOverrides(StrictModel):
     latency_p95_ms: float | None = Field(default=None, gt=0)
+    concurrency: int | None = Field(default=None, ge=1, le=256)
     memory_mb: float | None = Field(default=None, gt=0)
     min_quality: float | None = Field(default=None, ge=0, le=1)
 

@@ -224,6 +224,7 @@ def evaluate_config(cfg, view: Path, out: Path, name: str, refs: Refs | None = N
             warmup=1,
             max_new_tokens=cfg.max_new_tokens,
             time_budget_s=cfg.efficiency_time_budget_s,
+            concurrency=cfg.budgets.concurrency,  # None: the task card's budgets.concurrency
         ),
     )
 

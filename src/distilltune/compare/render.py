@@ -48,10 +48,25 @@ GROUNDEDNESS_SHARES = ("grounded", "supported", "citation_validity", "retrieval_
 MAX_FAILURES_SHOWN = 25
 
 
+def latency_note(report: dict) -> str:
+    """How the latency columns were measured (they are the serving engine's, as ``serve`` runs it)."""
+    levels = sorted({s["efficiency"].get("concurrency") or 1 for s in report["strategies"]})
+    at = (
+        "one request at a time"
+        if levels == [1]
+        else f"with {' / '.join(map(str, levels))} requests in flight (the task's budgets.concurrency)"
+    )
+    return (
+        "Latency is one full answer through the serving engine and request path that distilltune serve "
+        f"runs (guard, retrieval, prefill, decode, output guard; HTTP not included), {at}."
+    )
+
+
 def _budget_lines(b: dict) -> list[str]:
     out = []
     if b.get("latency_p95_ms") is not None:
-        out.append(f"p95 latency ≤ {fmt.ms(b['latency_p95_ms'])}")
+        at = f" at {b['concurrency']} concurrent requests" if (b.get("concurrency") or 1) > 1 else ""
+        out.append(f"p95 latency{at} ≤ {fmt.ms(b['latency_p95_ms'])}")
     if b.get("memory_mb") is not None:
         out.append(f"peak memory ≤ {fmt.mb(b['memory_mb'])}")
     if b.get("min_quality") is not None:
@@ -180,6 +195,7 @@ def view(report: dict, figures: bool = True) -> dict:
         "version": report["distilltune_version"],
         "schema_version": report["schema_version"],
         "budgets": _budget_lines(report["budgets"]),
+        "latency_note": latency_note(report),
         "stats": report["statistics"],
         "best": report["best_quality"],
         "rec": {
@@ -271,6 +287,7 @@ def render_markdown(report: dict) -> str:
             for r in v["rows"]
         ],
     )  # fmt: skip
+    lines += ["", _md(v["latency_note"])]
     errors = [r for r in v["rows"] if r["error"]]
     if errors:
         lines += ["", "Failed strategies:", ""] + [f"- {_md(r['name'])}: {_md(r['error'])}" for r in errors]

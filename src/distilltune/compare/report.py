@@ -160,7 +160,9 @@ def _strategy_entry(r: StrategyResult, settings: dict) -> dict:
             )
             quality[f"{key}_ci95"] = [iv.low, iv.high]  # type: ignore[assignment]
     eff = ev.get("efficiency") if isinstance(ev.get("efficiency"), dict) else {}
-    samples = [x for x in (_get(eff, "latency_ms", "samples") or []) if _num(x) is not None]
+    # The latency a deployment gets: at the task's declared concurrency when it was measured there.
+    served = eff.get("concurrent") if isinstance(eff.get("concurrent"), dict) else eff
+    samples = [x for x in (_get(served, "latency_ms", "samples") or []) if _num(x) is not None]
     p95_ci = None
     if len(samples) >= 2:
         iv = stats.quantile_ci(samples, 95, settings["resamples"], settings["confidence"], settings["seed"])
@@ -187,10 +189,13 @@ def _strategy_entry(r: StrategyResult, settings: dict) -> dict:
             "size_bytes": _num(eff.get("size_bytes")),
             "load_s": _num(eff.get("load_s")),
             "peak_rss_mb": _num(eff.get("peak_rss_mb")),
-            "latency_p50_ms": _num(_get(eff, "latency_ms", "p50")),
-            "latency_p95_ms": _num(_get(eff, "latency_ms", "p95")),
+            "concurrency": _int(served.get("concurrency")) or 1,
+            "latency_p50_ms": _num(_get(served, "latency_ms", "p50")),
+            "latency_p95_ms": _num(_get(served, "latency_ms", "p95")),
             "latency_p95_ci95": p95_ci,
             "latency_samples": samples,
+            "batch1_latency_p95_ms": _num(_get(eff, "latency_ms", "p95")),
+            "requests_per_s": _num(served.get("requests_per_s")),
             "prefill_tok_s": _num(eff.get("prefill_tok_s")),
             "decode_tok_s": _num(eff.get("decode_tok_s")),
         },
@@ -225,6 +230,7 @@ def _candidate(s: dict) -> Candidate:
         tuple(ci) if ci else None,
         e["size_bytes"],
         train if s["kind"] not in ("base", "teacher") else 0.0,  # deployed: source + export
+        e["concurrency"],
     )
 
 

@@ -87,12 +87,9 @@ def _substitute(value: Any, env: dict[str, str], where: str, problems: list[Prob
     return value
 
 
-def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipeline:
-    """Parse, substitute and validate a pipeline file (see module docstring)."""
-    src = str(path)
-    data = read_yaml(path, "pipeline")
-    problems: list[Problem] = []
-    for text in overrides or []:  # vars.task=DIR, output=DIR, or STEP.train.max_steps=5
+def _apply_overrides(data: dict, overrides: list[str], problems: list[Problem]) -> None:
+    """``vars.task=DIR``, ``output=DIR``, ``name=N`` or ``STEP.train.max_steps=5``, into ``data``."""
+    for text in overrides:
         try:
             keys, value = parse_override(text)
         except ValueError as e:
@@ -112,6 +109,56 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipel
             problems.append(Problem("<command line>", f"override {text!r}: no step named {keys[0]!r}"))
             continue
         deep_set(step[kind], keys[1:], value)
+
+
+def _parse_step(
+    i: int, raw: Any, env: dict[str, str], output: Path, src: str, problems: list[Problem]
+) -> Step | None:
+    """Step ``i``, substituted and validated; its output joins ``env`` (None when it has problems)."""
+    where = f"steps.{i}"
+    if not isinstance(raw, dict):
+        problems.append(Problem(src, "a step is a mapping with name and finetune: or distill:", field=where))
+        return None
+    sname = raw.get("name")
+    if not isinstance(sname, str) or not _NAME.match(sname):
+        problems.append(Problem(src, "step name must be letters, digits, _ or -", field=f"{where}.name"))
+        return None
+    if sname in env:
+        problems.append(Problem(src, f"step name {sname!r} is already used", field=f"{where}.name"))
+        return None
+    kinds = [k for k in KINDS if k in raw]
+    if len(kinds) != 1 or set(raw) - {"name", *KINDS}:
+        problems.append(
+            Problem(src, "a step has a name and exactly one of finetune: or distill:", field=where)
+        )
+        return None
+    kind = kinds[0]
+    body = raw[kind]
+    if not isinstance(body, dict):
+        problems.append(Problem(src, "expected a mapping (the command's config)", field=f"{where}.{kind}"))
+        return None
+    body = _substitute(body, env, f"{where}.{kind}", problems, src)
+    body.setdefault("output", str(output / sname))
+    try:
+        cls = _config_class(kind)
+        cfg = cls.model_validate(body)
+    except ValidationError as e:
+        for p in validation_problems(e, src, getattr(cls, "MOVED_KEYS", None)):
+            problems.append(
+                Problem(p.file, p.message, field=f"{where}.{kind}.{p.field}" if p.field else where)
+            )
+        env[sname] = str(body["output"])  # later steps still resolve ${name}: one problem, not many
+        return None
+    env[sname] = cfg.output
+    return Step(sname, kind, cfg, Path(cfg.output))
+
+
+def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipeline:
+    """Parse, substitute and validate a pipeline file (see module docstring)."""
+    src = str(path)
+    data = read_yaml(path, "pipeline")
+    problems: list[Problem] = []
+    _apply_overrides(data, overrides or [], problems)
     unknown = set(data) - {"name", "output", "vars", "steps", "description"}
     for k in sorted(unknown):
         problems.append(
@@ -124,49 +171,8 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipel
     if not isinstance(raw_steps, list) or not raw_steps:
         problems.append(Problem(src, "expected a non-empty list of steps", field="steps"))
         raw_steps = []
-    steps: list[Step] = []
-    for i, raw in enumerate(raw_steps):
-        where = f"steps.{i}"
-        if not isinstance(raw, dict):
-            problems.append(
-                Problem(src, "a step is a mapping with name and finetune: or distill:", field=where)
-            )
-            continue
-        sname = raw.get("name")
-        if not isinstance(sname, str) or not _NAME.match(sname):
-            problems.append(Problem(src, "step name must be letters, digits, _ or -", field=f"{where}.name"))
-            continue
-        if sname in env:
-            problems.append(Problem(src, f"step name {sname!r} is already used", field=f"{where}.name"))
-            continue
-        kinds = [k for k in KINDS if k in raw]
-        extra = set(raw) - {"name", *KINDS}
-        if len(kinds) != 1 or extra:
-            problems.append(
-                Problem(src, "a step has a name and exactly one of finetune: or distill:", field=where)
-            )
-            continue
-        kind = kinds[0]
-        body = raw[kind]
-        if not isinstance(body, dict):
-            problems.append(
-                Problem(src, "expected a mapping (the command's config)", field=f"{where}.{kind}")
-            )
-            continue
-        body = _substitute(body, env, f"{where}.{kind}", problems, src)
-        body.setdefault("output", str(output / sname))
-        try:
-            cls = _config_class(kind)
-            cfg = cls.model_validate(body)
-        except ValidationError as e:
-            for p in validation_problems(e, src, getattr(cls, "MOVED_KEYS", None)):
-                problems.append(
-                    Problem(p.file, p.message, field=f"{where}.{kind}.{p.field}" if p.field else where)
-                )
-            env[sname] = str(body["output"])
-            continue
-        env[sname] = cfg.output
-        steps.append(Step(sname, kind, cfg, Path(cfg.output)))
+    parsed = [_parse_step(i, raw, env, output, src, problems) for i, raw in enumerate(raw_steps)]
+    steps = [s for s in parsed if s is not None]
     outs = [s.output.resolve() for s in steps]
     for o in {o for o in outs if outs.count(o) > 1}:
         problems.append(Problem(src, f"two steps write to the same output {o}", field="steps"))

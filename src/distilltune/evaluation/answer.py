@@ -8,10 +8,10 @@ forward passes, greedy unless ``temperature > 0``, capped by ``max_new_tokens``,
 template's end token) instead of the server's continuous-batching engine. Evaluation has no fallback
 model, so the cascade only records the student's confidence (``mean_logprob``).
 
-``answer_requests`` is used by ``evaluate`` (scores its answers) and by the efficiency probe (times it
-one request at a time). ``answer_with_engine`` is the same driver over any engine of
-``inference.backends`` (ONNX Runtime, llama.cpp: ``evaluate --backend``), one request at a time as
-those runtimes decode. ``build_pipeline`` builds the path for a task as ``distilltune serve`` does.
+``answer_requests`` is used by ``evaluate`` to score answers (batched; the greedy text is the
+server's, as a test checks); the efficiency probe times the server's engine instead
+(``evaluation.served``). ``answer_with_engine`` answers through any started engine the same way
+(``evaluation.served.ServedAnswerer``): ``evaluate --backend onnx|llama.cpp`` scores those runtimes. ``build_pipeline`` builds the path for a task as ``distilltune serve`` does.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def _decode_batch(path: RequestPath, model, tokenizer, chunk: list[RequestResult
     lock = threading.Lock()
     for res, prompt, new, lp in zip(chunk, prompts, ids, lps, strict=True):
         path.judge(res, lp, has_fallback=False)
-        releaser = path.releaser(tokenizer, lock)
+        releaser = path.releaser(res, tokenizer, lock)
         for tok in new:
             releaser.add(tok, stops)
         finished = bool(new) and new[-1] in stops
@@ -108,25 +108,8 @@ def answer_requests(
 def answer_with_engine(
     engine, tokenizer, guard, prompter, conversations: Sequence[Sequence[dict]], *, max_new_tokens: int = 128
 ) -> list[RequestResult]:
-    """Answer each conversation through the request path with a started engine (greedy, one at a time)."""
-    from distilltune.errors import UserError
+    """Answer each conversation, one at a time, through the request path over a started engine (greedy)."""
+    from distilltune.evaluation.served import ServedAnswerer
 
-    path = RequestPath(guard, prompter)
-    results = [path.prepare(c) for c in conversations]
-    lock = threading.Lock()
-    for res in results:
-        if res.route == ROUTE_REFUSED_INPUT:
-            continue
-        ids = prompt_ids(tokenizer, res.messages)
-        gen = engine.generate(ids, max_new_tokens)
-        if gen.finish_reason == "error":
-            raise UserError(f"the {getattr(engine, 'backend', 'model')} engine failed: {gen.error}")
-        path.judge(res, gen.logprobs, has_fallback=False)
-        releaser = path.releaser(tokenizer, lock)
-        for tok in gen.token_ids:
-            releaser.add(tok, engine.stop_ids)
-        finished = gen.finish_reason == "stop"
-        end = releaser.finish("stop" if finished else "length")
-        path.complete(res, releaser, end.finish_reason or "stop", len(ids), len(gen.token_ids))
-        res.finished, res.prefill_s, res.decode_s = finished, gen.prefill_s, gen.decode_s
-    return results
+    answer = ServedAnswerer(RequestPath(guard, prompter), engine, tokenizer, max_new_tokens)
+    return [answer(c) for c in conversations]

@@ -24,6 +24,12 @@ class EfficiencySettings(StrictModel):
     )
     warmup: int = Field(default=2, ge=0, description="untimed requests first")
     max_new_tokens: int = Field(default=64, ge=1)
+    concurrency: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description="also time with this many requests in flight (default: the task's budgets.concurrency)",
+    )
     timeout_s: float = Field(default=1800.0, gt=0)
 
 

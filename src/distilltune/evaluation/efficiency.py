@@ -1,20 +1,25 @@
 """Efficiency of a model as served: parameters, size on disk, load time, peak memory, latency, tokens/s.
 
 Memory and latency are measured in a *fresh subprocess* (``python -m distilltune.evaluation.efficiency
-SPEC_JSON``) that does what a serving process does and nothing else: import, load the model, build
-the guard and the retrieval index, then answer fixed prompts one at a time through
-``answer_requests``. Its peak resident memory (``VmHWM``, see ``peak_rss_mb``) is therefore the
+SPEC_JSON``) that does what ``distilltune serve`` does and nothing else: import, load the model, build
+the guard and the retrieval index, build the serving engine (``inference.engine.open_engine``, the
+server's defaults), then answer fixed prompts through the request path over that engine
+(``evaluation.served``). Its peak resident memory (``VmHWM``, see ``peak_rss_mb``) is therefore the
 serving process's, not polluted by the evaluation process (which may hold a teacher and every answer).
 
-Settings are fixed so numbers compare across models: batch size 1, greedy decoding, a fixed
-``max_new_tokens``, the same prompts (the task's first eval items that expect an answer and that the
-input guard lets through, so every timed request reaches the model), ``warmup`` untimed answers first
-(the first forward pays one-off costs: allocator growth, kernel selection, lazy imports).
+Settings are fixed so numbers compare across models: greedy decoding, a fixed ``max_new_tokens``, the
+same prompts (the task's first eval items that expect an answer and that the input guard lets
+through, so every timed request reaches the model), ``warmup`` untimed answers first (the first
+forward pays one-off costs: allocator growth, kernel selection, lazy imports).
 
-- ``latency_ms``: wall time of one full request (guard, retrieval, prefill, decode, output guard);
-  p50 and p95 by linear interpolation, and every sample (``compare`` bootstraps their intervals).
-  ``prompts`` requests are timed, or fewer (never under ``MIN_TIMED``) once ``time_budget_s`` is
-  spent, so a slow teacher does not eat the demo's budget;
+- ``latency_ms``: wall time of one full request at batch 1 (one request in flight: guard, retrieval,
+  prompt tokenization, the engine's prefill and decode, output guard); p50 and p95 by linear
+  interpolation, and every sample (``compare`` bootstraps their intervals). ``prompts`` requests are
+  timed, or fewer (never under ``MIN_TIMED``) once ``time_budget_s`` is spent, so a slow teacher does
+  not eat the demo's budget;
+- ``concurrent``: the same at ``concurrency`` requests in flight (closed-loop clients, the engine
+  batching them), with requests/s and tokens/s, when the spec asks for it (the task card's
+  ``budgets.concurrency``); null otherwise;
 - ``prefill_tok_s``: prompt tokens ÷ time to the first new token, pooled over the timed requests;
 - ``decode_tok_s``: new tokens after the first ÷ the time spent producing them, pooled;
 - ``size_bytes``: bytes on disk of what must be loaded to serve (model dir; adapter + its base); a
@@ -31,10 +36,9 @@ import sys
 import time
 
 from distilltune.errors import UserError
+from distilltune.evaluation.served import MIN_TIMED, ServedAnswerer, time_concurrent, time_sequential
 
-# A p95 from four requests is the maximum of four, and moved a recommendation on a few milliseconds
-# of noise in the first wave's demo; with a time budget a slow model still gets this many.
-MIN_TIMED = 8
+__all__ = ["MIN_TIMED", "measure", "peak_rss_mb", "percentile", "probe", "serving_size", "summarize_timings"]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -79,7 +83,7 @@ def current_rss_mb() -> float | None:
 
 
 def summarize_timings(answers: list, latencies_s: list[float]) -> dict:
-    """Latency percentiles and pooled prefill / decode throughput of timed batch-1 answers."""
+    """Latency percentiles and pooled prefill / decode throughput of timed answers."""
     gen = [a for a in answers if a.new_tokens > 0]
     prefill_s = sum(a.prefill_s for a in gen)
     decode = [a for a in gen if a.new_tokens > 1]
@@ -153,10 +157,36 @@ def serving_prompts(task, guard, n: int) -> list[list[dict]]:
     return [pool[i % len(pool)] for i in range(n)]
 
 
+def _concurrent(answer: ServedAnswerer, task, spec: dict) -> dict | None:
+    """Latency and throughput with ``spec['concurrency']`` requests in flight (None when not declared)."""
+    k = spec.get("concurrency") or 1
+    if k <= 1:
+        return None
+    n = max(spec["prompts"], 2 * k)
+    prompts = serving_prompts(task, answer.path.guard, k + n)
+    time_concurrent(answer, prompts[:k], k)  # warm-up: one untimed request per client
+    answer.batches.clear()
+    answers, latencies, wall = time_concurrent(answer, prompts[k:], k, spec.get("time_budget_s"))
+    timings = summarize_timings(answers, latencies)
+    return {
+        "concurrency": k,
+        "latency_ms": timings["latency_ms"],
+        "timed_requests": timings["timed_requests"],
+        "mean_new_tokens": timings["mean_new_tokens"],
+        "wall_s": wall,
+        "requests_per_s": len(latencies) / wall,
+        "tokens_per_s": sum(a.new_tokens for a in answers) / wall,
+        "mean_batch": sum(answer.batches) / len(answer.batches) if answer.batches else None,
+        "max_batch": max(answer.batches, default=None),
+    }
+
+
 def probe(spec: dict) -> dict:
-    """Run inside the fresh process: load, warm up, time ``spec['prompts']`` batch-1 requests."""
-    from distilltune.evaluation.answer import answer_requests, answer_with_engine, build_pipeline
-    from distilltune.models import load_model, model_info
+    """Run inside the fresh process: load, build the engine, warm up, time requests as served."""
+    from distilltune.inference import build_path
+    from distilltune.inference.backends import open_model
+    from distilltune.inference.engine import DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUE
+    from distilltune.models import model_info
     from distilltune.policy import GuardConfig
     from distilltune.retrieval import RetrievalConfig
     from distilltune.runtime import set_threads
@@ -164,61 +194,46 @@ def probe(spec: dict) -> dict:
 
     threads = set_threads()
     task = load_task(spec["task"])
+    k = spec.get("concurrency") or 1
     backend = spec.get("backend") or "torch"
     t0 = time.perf_counter()
-    if backend == "torch":
-        loaded = load_model(spec["model"], teacher=spec.get("teacher"), dtype=spec.get("dtype", "float32"))
-        tokenizer, engine = loaded.tokenizer, None
-    else:  # the deployed file in its runtime, as ``serve --backend`` runs it
-        from distilltune.inference.backends import open_model
-
-        opened = open_model(backend, spec["artifact"], name="probe", threads=threads)
-        tokenizer, engine = opened.tokenizer, opened.engine.start()
+    # The engine ``distilltune serve --backend`` builds: torch's continuous batching (open_engine) or
+    # the deployed file in its runtime (ONNX Runtime, llama.cpp).
+    opened = open_model(
+        backend,
+        spec["model"] if backend == "torch" else spec["artifact"],
+        teacher=spec.get("teacher"),
+        dtype=spec.get("dtype", "float32"),
+        max_batch=DEFAULT_MAX_BATCH,
+        max_queue=max(DEFAULT_MAX_QUEUE, k),
+        threads=threads,
+    )
     load_s = time.perf_counter() - t0
     rss_after_load = peak_rss_mb()
     t0 = time.perf_counter()
     retrieval = RetrievalConfig.model_validate(spec.get("retrieval") or {})
-    pipe = build_pipeline(
+    path = build_path(
         task,
-        tokenizer,
+        opened.tokenizer,
         retrieval,
         GuardConfig.model_validate(spec.get("guard") or {}),
         spec.get("max_prompt_tokens"),
     )
     pipeline_s = time.perf_counter() - t0
-    prompts = serving_prompts(task, pipe.guard, spec["warmup"] + spec["prompts"])
-
-    def one(conv):
-        if engine is not None:
-            return answer_with_engine(
-                engine, tokenizer, pipe.guard, pipe.prompter, [conv], max_new_tokens=spec["max_new_tokens"]
-            )[0]
-        return answer_requests(
-            loaded.model,
-            tokenizer,
-            pipe.guard,
-            pipe.prompter,
-            [conv],
-            max_new_tokens=spec["max_new_tokens"],
-            batch_size=1,
-        )[0]
-
-    for conv in prompts[: spec["warmup"]]:
-        one(conv)
-    answers, latencies = [], []
-    budget = spec.get("time_budget_s")
-    started = time.perf_counter()
-    for conv in prompts[spec["warmup"] :]:
-        if budget and len(latencies) >= MIN_TIMED and time.perf_counter() - started > budget:
-            break  # a slow model gets fewer requests, never fewer than MIN_TIMED
-        t = time.perf_counter()
-        answers.append(one(conv))
-        latencies.append(time.perf_counter() - t)
-    if engine is None:
-        size, size_kind = serving_size(spec["model"], loaded.model)
-        params = model_info(loaded.model).params
-    else:
+    engine = opened.engine.start()
+    try:
+        answer = ServedAnswerer(path, engine, opened.tokenizer, spec["max_new_tokens"])
+        prompts = serving_prompts(task, path.guard, spec["warmup"] + spec["prompts"])
+        budget = spec.get("time_budget_s")
+        answers, latencies = time_sequential(answer, prompts, spec["warmup"], budget)
+        peak_batch1 = peak_rss_mb()
+        concurrent = _concurrent(answer, task, spec)
+    finally:
         engine.stop()
+    if opened.model is not None:
+        size, size_kind = serving_size(spec["model"], opened.model)
+        params = model_info(opened.model).params
+    else:  # the exported file(s) the runtime loaded
         size, size_kind, params = opened.size_bytes, "disk", opened.params
     # Other processes competing for the cores inflate every timing: record how busy the machine was.
     load_1m = os.getloadavg()[0]
@@ -230,10 +245,17 @@ def probe(spec: dict) -> dict:
         "pipeline_s": pipeline_s,
         "rss_after_load_mb": rss_after_load,
         **summarize_timings(answers, latencies),
+        "concurrent": concurrent,
+        "peak_rss_batch1_mb": peak_batch1,
         "peak_rss_mb": peak_rss_mb(),
         "rss_end_mb": current_rss_mb(),
         "settings": {
+            "backend": "engine",
+            "runtime": backend,  # torch (continuous batching), onnx or llama.cpp (one request at a time)
+            "continuous_batching": opened.backend.continuous_batching,
             "batch_size": 1,
+            "concurrency": k if concurrent else None,
+            "engine_max_batch": engine.max_batch,
             "decoding": "greedy",
             "max_new_tokens": spec["max_new_tokens"],
             "warmup": spec["warmup"],
@@ -242,7 +264,6 @@ def probe(spec: dict) -> dict:
             "rag": retrieval.enabled,
             "threads": threads,
             "dtype": spec.get("dtype", "float32"),
-            "backend": backend,
             "cpu_count": os.cpu_count(),
             "loadavg_1m": round(load_1m, 2),
         },

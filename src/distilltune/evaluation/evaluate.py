@@ -115,6 +115,40 @@ def _guard_fields(a) -> dict:
     }
 
 
+def efficiency_spec(cfg: EvaluateConfig, task) -> dict:
+    """What the efficiency subprocess measures for ``cfg`` (``efficiency.measure``'s argument)."""
+    return {
+        "model": cfg.model,
+        "teacher": cfg.teacher,
+        "task": str(task.root),
+        "retrieval": cfg.retrieval.model_dump(mode="json"),
+        "max_prompt_tokens": cfg.max_prompt_tokens,
+        "prompts": cfg.efficiency.prompts,
+        "warmup": cfg.efficiency.warmup,
+        "time_budget_s": cfg.efficiency.time_budget_s,
+        "max_new_tokens": cfg.efficiency.max_new_tokens,
+        "concurrency": cfg.efficiency.concurrency or task.spec.budgets.concurrency,
+        "dtype": cfg.dtype,
+        "guard": cfg.guard.model_dump(mode="json"),
+        "backend": cfg.backend,
+        "artifact": cfg.artifact or (cfg.model if cfg.backend != "torch" else None),
+    }
+
+
+def _measure_efficiency(cfg: EvaluateConfig, task, log: Callable[[str], None]) -> dict:
+    spec = efficiency_spec(cfg, task)
+    k = spec["concurrency"]
+    concurrent = f" and {k} concurrent" if k and k > 1 else ""
+    log(
+        f"measuring efficiency in a fresh process ({spec['warmup']} warm-up + {spec['prompts']} timed "
+        f"requests through the serving engine, batch 1{concurrent}, max_new_tokens {spec['max_new_tokens']})"
+    )
+    t0 = time.perf_counter()
+    probe = efficiency.measure(spec, timeout_s=cfg.efficiency.timeout_s)
+    log(f"efficiency measured in {time.perf_counter() - t0:.1f} s")
+    return probe
+
+
 def evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = _stderr) -> dict:
     """Evaluate ``cfg.model`` on ``cfg.task``; write eval.json, items.jsonl, config; return the results."""
     from distilltune.evaluation.subject import TorchSubject, open_subject
@@ -241,31 +275,7 @@ def evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = _stderr) -> dict:
     if artifact:
         eff["artifact"] = artifact
     if cfg.efficiency.enabled:
-        log(
-            f"measuring efficiency in a fresh process ({cfg.efficiency.warmup} warm-up + "
-            f"{cfg.efficiency.prompts} timed requests, batch 1, max_new_tokens {cfg.efficiency.max_new_tokens})"
-        )
-        t0 = time.perf_counter()
-        probe = efficiency.measure(
-            {
-                "model": cfg.model,
-                "teacher": cfg.teacher,
-                "task": str(task.root),
-                "retrieval": cfg.retrieval.model_dump(mode="json"),
-                "max_prompt_tokens": cfg.max_prompt_tokens,
-                "prompts": cfg.efficiency.prompts,
-                "warmup": cfg.efficiency.warmup,
-                "time_budget_s": cfg.efficiency.time_budget_s,
-                "max_new_tokens": cfg.efficiency.max_new_tokens,
-                "dtype": cfg.dtype,
-                "guard": cfg.guard.model_dump(mode="json"),
-                "backend": cfg.backend,
-                "artifact": artifact,
-            },
-            timeout_s=cfg.efficiency.timeout_s,
-        )
-        eff.update(probe)
-        log(f"efficiency measured in {time.perf_counter() - t0:.1f} s")
+        eff.update(_measure_efficiency(cfg, task, log))
 
     result = {
         "schema_version": SCHEMA_VERSION,

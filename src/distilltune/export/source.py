@@ -25,13 +25,12 @@ class Source:
 
 def load_source(ref: str, teacher: str | None = None) -> Source:
     from distilltune.models import load_model
-    from distilltune.train.merge import MERGEABLE
+    from distilltune.models.resolve import MERGEABLE, peft_types
 
     loaded = load_model(ref, teacher=teacher, dtype="float32", merge=False)  # merged below, by type
     model, merged = loaded.model, None
-    peft_cfg = getattr(model, "peft_config", None)
-    if peft_cfg:
-        types = {str(getattr(c, "peft_type", "")).rsplit(".", 1)[-1] for c in peft_cfg.values()}
+    types = peft_types(model)
+    if types:
         if not types <= set(MERGEABLE):
             raise UserError(
                 f"{ref}: a {'/'.join(sorted(types))} adapter cannot be merged into its base, so it cannot be "

@@ -11,35 +11,38 @@ the running batch, left-padded, so a request never waits for a whole batch to dr
 cancelled rows leave the batch at once and padding columns nobody needs are trimmed. Every row keeps
 its own positions, so batching does not change what a row attends to.
 
-The merge touches the cache's per-layer key/value tensors, which is only valid for plain
-``DynamicLayer`` caches (full attention, e.g. Llama/SmolLM2). Models with other cache layouts
-(sliding windows) fall back to admitting only into an empty batch. PEFT prefix-tuned models are
-decoded without a KV cache (their prefix is lost with it; docs/design.md), recomputing each row's full
-sequence every step.
+This module is the scheduler. The forward passes (prefill, decode step, adapter switching, prefix-tuned
+models without a KV cache) are ``inference.runner``'s; the running batch's tensors (left-padded mask
+and KV cache, merging, trimming, token choice) are ``inference.batch``'s. Models whose cache cannot be
+merged (sliding windows) fall back to admitting only into an empty batch.
 
 Several LoRA adapters can share the base (``adapter`` per request): a batch holds one adapter at a
 time; the oldest waiting request decides which adapter runs next.
 
 Tokens are reported per row through callbacks run on the worker thread; ``submit`` wraps them for
-asyncio callers (``GenHandle``). The request/result types live in ``inference.generation``. Per-token log-probabilities are returned for the cascade's
-confidence signal.
+asyncio callers (``GenHandle``). The request/result types live in ``inference.generation``.
+Per-token log-probabilities are returned for the cascade's confidence signal.
+
+``open_engine`` is the one way to build an engine for a loaded model: the server (one per served
+model) and compare's efficiency measurement both call it, so what compare times is what serve runs.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 
+from distilltune.inference.batch import Batch, Row, keep_rows, merge, plain_dynamic_layers
 from distilltune.inference.generation import (
+    DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_QUEUE,
     MIN_TEMPERATURE,
     SEED_MAX,
     SEED_MIN,
@@ -49,76 +52,9 @@ from distilltune.inference.generation import (
     GenResult,
     QueueFull,
 )
-from distilltune.models.generate import _cache_kwarg, uses_prefix_tuning
+from distilltune.inference.runner import ModelRunner
 
 log = logging.getLogger("distilltune.serve")
-
-
-@dataclass
-class _Row:
-    req: GenRequest
-    out_ids: list[int] = field(default_factory=list)
-    out_lp: list[float] = field(default_factory=list)
-    n_real: int = 0  # real (non-padding) tokens in the cache/sequence for this row
-    admitted_at: float = 0.0
-    first_token_at: float = 0.0
-    prefill_s: float = 0.0
-    max_batch_seen: int = 0
-    generator: torch.Generator | None = None
-    error: str | None = None  # this request failed (its own parameters or callbacks): retire it alone
-
-
-class _Batch:
-    """The running batch: per-row token history (left-padded), attention mask, KV cache, next token."""
-
-    def __init__(self) -> None:
-        self.rows: list[_Row] = []
-        self.seq: torch.Tensor | None = None  # [b, L] ids (only kept without a KV cache)
-        self.mask: torch.Tensor | None = None  # [b, L] 1 for real positions in cache/sequence
-        self.cache = None
-        self.next_ids: torch.Tensor | None = None  # [b] the token each row feeds next
-        self.logprobs: torch.Tensor | None = None  # [b] their log-probabilities (a fresh group only)
-        self.adapter: str | None = None
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-
-def _left_pad(t: torch.Tensor, width: int, value: float = 0) -> torch.Tensor:
-    """Pad dim ``-1`` (2-D ids/mask) on the left to ``width``."""
-    extra = width - t.shape[-1]
-    if extra <= 0:
-        return t
-    pad = torch.full((*t.shape[:-1], extra), value, dtype=t.dtype, device=t.device)
-    return torch.cat([pad, t], dim=-1)
-
-
-def _left_pad_kv(t: torch.Tensor, width: int) -> torch.Tensor:
-    """Pad a [b, heads, L, dim] key/value tensor on the left of the sequence axis to ``width``."""
-    extra = width - t.shape[-2]
-    if extra <= 0:
-        return t
-    pad = torch.zeros((t.shape[0], t.shape[1], extra, t.shape[3]), dtype=t.dtype, device=t.device)
-    return torch.cat([pad, t], dim=-2)
-
-
-def _accepts(model, kwarg: str) -> bool:
-    import inspect
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return kwarg in inspect.signature(base.forward).parameters
-
-
-def _plain_dynamic_layers(cache) -> list | None:
-    """The cache's layers if every one is a plain full-attention ``DynamicLayer`` (mergeable), else None."""
-    try:
-        from transformers.cache_utils import DynamicLayer
-    except ImportError:  # pragma: no cover - transformers < 4.56 has no layer classes
-        return None
-    layers = getattr(cache, "layers", None)
-    if not layers or any(type(layer) is not DynamicLayer for layer in layers):
-        return None
-    return list(layers)
 
 
 class Engine:
@@ -131,28 +67,24 @@ class Engine:
         pad_id: int,
         *,
         name: str = "model",
-        max_batch: int = 8,
-        max_queue: int = 64,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        max_queue: int = DEFAULT_MAX_QUEUE,
         adapters: tuple[str, ...] = (),
         on_batch: Callable[[int], None] | None = None,
     ):
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
-        self.model = model.eval()
+        self.runner = ModelRunner(model, pad_id, tuple(adapters))
+        self.model = self.runner.model
         self.name = name
         self.stop_ids = sorted(set(stop_ids))
         self.pad_id = pad_id
         self.max_batch = max_batch
         self.max_queue = max_queue
-        self.adapters = set(adapters)
+        self.adapters = self.runner.adapters
         self.on_batch = on_batch  # metrics hook: called with the batch size of every decode step
-        self.device = next(model.parameters()).device
-        self.use_cache = not uses_prefix_tuning(model)
-        self.cache_kw = _cache_kwarg(model)
-        # Only the last position's logits are needed: skipping the vocabulary projection for the rest of
-        # the prompt halves the prefill of a small model (its lm_head is most of its parameters).
-        self._keep_last = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
-        self._stops = torch.tensor(self.stop_ids, device=self.device)
+        self.device = self.runner.device
+        self.use_cache = self.runner.use_cache
         self._waiting: deque[GenRequest] = deque()
         self._cv = threading.Condition()
         self._ids = itertools.count(1)
@@ -245,7 +177,7 @@ class Engine:
     def _run(self) -> None:
         """The worker loop. A failure while serving requests fails those requests, never the loop:
         only a failure of the loop's own bookkeeping is fatal (then every request is failed, not hung)."""
-        batch = _Batch()
+        batch = Batch()
         try:
             while True:
                 with self._cv:
@@ -267,17 +199,17 @@ class Engine:
             raise
         self._end_all(batch, "cancelled")  # shutting down: no caller waits forever
 
-    def _end_all(self, batch: _Batch, reason: str) -> None:
+    def _end_all(self, batch: Batch, reason: str) -> None:
         with self._cv:
             pending = list(self._waiting)
             self._waiting.clear()
         for row in batch.rows:
             self._finish(row, reason)
         for req in pending:
-            self._finish(_Row(req), reason)
+            self._finish(Row(req), reason)
         batch.rows = []
 
-    def _guarded(self, batch: _Batch, fn, *args) -> None:
+    def _guarded(self, batch: Batch, fn, *args) -> None:
         """Run a prefill or decode step; if it raises, the rows it touched fail and the engine goes on.
 
         The running batch's cache may be half-updated after a failure, so every row in it fails with
@@ -294,15 +226,14 @@ class Engine:
             for row in batch.rows:
                 row.error = row.error or "generation failed"
                 self._finish(row, "error")
-            batch.rows, batch.mask, batch.cache, batch.seq, batch.next_ids = [], None, None, None, None
-            batch.adapter = None
+            batch.clear()
 
-    def _take_admissible(self, batch: _Batch) -> list[GenRequest]:
+    def _take_admissible(self, batch: Batch) -> list[GenRequest]:
         """Pop waiting requests that may join now (called with the lock held)."""
         # Cancelled while waiting: answer them without spending compute.
         for req in [r for r in self._waiting if r.cancelled.is_set()]:
             self._waiting.remove(req)
-            self._finish(_Row(req), "cancelled")
+            self._finish(Row(req), "cancelled")
         room = self.max_batch - len(batch.rows)
         if room <= 0 or not self._waiting:
             return []
@@ -314,24 +245,8 @@ class Engine:
             self._waiting.remove(r)
         return taken
 
-    @contextlib.contextmanager
-    def _adapter_ctx(self, adapter: str | None):
-        if not self.adapters:
-            yield
-        elif adapter is None:
-            with self.model.disable_adapter():
-                yield
-        else:
-            if getattr(self.model, "active_adapter", None) != adapter:
-                self.model.set_adapter(adapter)
-            yield
-
-    def _forward(self, batch_adapter: str | None, **kw):
-        with self._adapter_ctx(batch_adapter):
-            return self.model(**kw)
-
-    @torch.inference_mode()
-    def _admit(self, batch: _Batch, reqs: list[GenRequest]) -> None:
+    @torch.inference_mode()  # merging and retiring touch the cache's inference tensors too
+    def _admit(self, batch: Batch, reqs: list[GenRequest]) -> None:
         """Prefill ``reqs``, pick their first tokens, merge them into ``batch``.
 
         Prefill is compute-bound, so batching it saves nothing while left-padding wastes work: requests
@@ -349,147 +264,36 @@ class Engine:
         for group in groups:
             self._prefill_group(batch, group, len(reqs))
 
-    def _prefill_group(self, batch: _Batch, reqs: list[GenRequest], admitted: int) -> None:
+    def _prefill_group(self, batch: Batch, reqs: list[GenRequest], admitted: int) -> None:
         try:
-            group = self._prefill(reqs, admitted)
+            group = self.runner.prefill(reqs, admitted)
+            if self.use_cache and self._mergeable is None:
+                self._mergeable = plain_dynamic_layers(group.cache) is not None
         except Exception as e:  # before the merge: the running batch is untouched, only these fail
             log.error("engine %s: prefill failed (%s)", self.name, type(e).__name__)
             for r in reqs:
-                self._finish(_Row(r, error="generation failed"), "error")
+                self._finish(Row(r, error="generation failed"), "error")
             return
         new_rows = group.rows
-        self._merge(batch, group)
+        merge(batch, group, self.pad_id, self.use_cache)
         self._emit_and_retire(batch, group.next_ids, group.logprobs, rows_new=new_rows)
 
-    def _prefill(self, reqs: list[GenRequest], admitted: int) -> _Batch:
-        """Prefill ``reqs`` as a group and pick their first tokens; returns the group, not yet merged."""
-        t0 = time.perf_counter()
-        width = max(len(r.prompt_ids) for r in reqs)
-        ids = torch.full((len(reqs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(reqs), width), dtype=torch.long)
-        for i, r in enumerate(reqs):
-            ids[i, width - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids)
-            mask[i, width - len(r.prompt_ids) :] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        adapter = reqs[0].adapter
-        res = self._forward(
-            adapter,
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=pos,
-            use_cache=self.use_cache,
-            **self._keep_last,
-            **({self.cache_kw: None} if self.use_cache else {}),
-        )
-        cache = getattr(res, self.cache_kw) if self.use_cache else None
-        rows = []
-        for r in reqs:
-            gen = torch.Generator(device="cpu").manual_seed(r.seed) if r.seed is not None else None
-            rows.append(
-                _Row(r, n_real=len(r.prompt_ids), admitted_at=t0, generator=gen, max_batch_seen=admitted)
-            )
-        nxt, lp = self._pick(res.logits[:, -1, :], rows)
-        prefill_s = time.perf_counter() - t0
-        if self.use_cache and self._mergeable is None:
-            self._mergeable = _plain_dynamic_layers(cache) is not None
-        for row in rows:
-            row.prefill_s = prefill_s
-            row.first_token_at = time.perf_counter()
-        group = _Batch()
-        group.rows, group.mask, group.cache, group.adapter = rows, mask, cache, adapter
-        group.seq = None if self.use_cache else ids
-        group.next_ids, group.logprobs = nxt, lp
-        return group
-
-    def _merge(self, batch: _Batch, group: _Batch) -> None:
-        if not batch.rows:
-            batch.rows, batch.mask, batch.cache = group.rows, group.mask, group.cache
-            batch.seq, batch.next_ids, batch.adapter = group.seq, group.next_ids, group.adapter
-            return
-        width = max(batch.mask.shape[1], group.mask.shape[1])
-        batch.mask = torch.cat([_left_pad(batch.mask, width), _left_pad(group.mask, width)])
-        if batch.seq is not None:
-            batch.seq = torch.cat(
-                [_left_pad(batch.seq, width, self.pad_id), _left_pad(group.seq, width, self.pad_id)]
-            )
-        if self.use_cache:
-            for mine, theirs in zip(
-                _plain_dynamic_layers(batch.cache), _plain_dynamic_layers(group.cache), strict=True
-            ):
-                mine.keys = torch.cat([_left_pad_kv(mine.keys, width), _left_pad_kv(theirs.keys, width)])
-                mine.values = torch.cat(
-                    [_left_pad_kv(mine.values, width), _left_pad_kv(theirs.values, width)]
-                )
-        batch.rows = batch.rows + group.rows
-        batch.next_ids = torch.cat([batch.next_ids, group.next_ids])
-
-    def _pick(self, logits: torch.Tensor, rows: list[_Row]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Next token per row: greedy, or sampled with the row's temperature/top_p. Returns (ids, log-probs)."""
-        logits = logits.float()
-        logp = torch.log_softmax(logits, dim=-1)
-        nxt = logits.argmax(-1)
-        for i, row in enumerate(rows):
-            t = row.req.temperature
-            if t and t > 0 and row.error is None:
-                try:
-                    nxt[i] = self._sample(logits[i], row)
-                except (RuntimeError, ValueError):  # e.g. NaN probabilities: this request fails alone
-                    row.error = "sampling failed"
-        return nxt, logp.gather(-1, nxt[:, None]).squeeze(-1)
-
-    @staticmethod
-    def _sample(logits: torch.Tensor, row: _Row) -> torch.Tensor:
-        probs = torch.softmax(logits / row.req.temperature, dim=-1)
-        if row.req.top_p < 1.0:
-            sp, si = probs.sort(descending=True)
-            keep = sp.cumsum(-1) - sp < row.req.top_p
-            probs = torch.zeros_like(probs).scatter(0, si[keep], sp[keep])
-        return torch.multinomial(probs, 1, generator=row.generator).squeeze(-1)
-
     @torch.inference_mode()
-    def _step(self, batch: _Batch) -> None:
-        """One decode step for every row: feed each row's next token, pick the following one."""
+    def _step(self, batch: Batch) -> None:
+        """One decode step for every row (the runner's forward pass), then report and retire."""
         t0 = time.perf_counter()
         b = len(batch.rows)
         if self.on_batch is not None:
             self.on_batch(b)
         for row in batch.rows:
             row.max_batch_seen = max(row.max_batch_seen, b)
-        ones = torch.ones((b, 1), dtype=batch.mask.dtype, device=self.device)
-        batch.mask = torch.cat([batch.mask, ones], dim=1)
-        if self.use_cache:
-            pos = torch.tensor([[r.n_real] for r in batch.rows], device=self.device)
-            res = self._forward(
-                batch.adapter,
-                input_ids=batch.next_ids[:, None],
-                attention_mask=batch.mask,
-                position_ids=pos,
-                use_cache=True,
-                **{self.cache_kw: batch.cache},
-            )
-            batch.cache = getattr(res, self.cache_kw)
-        else:
-            batch.seq = torch.cat([batch.seq, batch.next_ids[:, None]], dim=1)
-            pos = (batch.mask.cumsum(-1) - 1).clamp(min=0)
-            res = self._forward(
-                batch.adapter,
-                input_ids=batch.seq,
-                attention_mask=batch.mask,
-                position_ids=pos,
-                use_cache=False,
-                **self._keep_last,
-            )
-        for row in batch.rows:
-            row.n_real += 1
-        nxt, lp = self._pick(res.logits[:, -1, :], batch.rows)
-        batch.next_ids = nxt
+        nxt, lp = self.runner.step(batch)
         dt = time.perf_counter() - t0
         self._step_s_ema = dt if self._step_s_ema is None else 0.9 * self._step_s_ema + 0.1 * dt
         self._emit_and_retire(batch, nxt, lp)
 
     def _emit_and_retire(
-        self, batch: _Batch, nxt: torch.Tensor, lp: torch.Tensor, rows_new: list[_Row] | None = None
+        self, batch: Batch, nxt: torch.Tensor, lp: torch.Tensor, rows_new: list[Row] | None = None
     ) -> None:
         """Report the new token of ``rows_new`` (default: every row) and drop rows that are done."""
         offset = len(batch.rows) - len(rows_new) if rows_new is not None else 0
@@ -521,42 +325,18 @@ class Engine:
         if finished:
             self._retire(batch, finished)
 
-    def _drop_cancelled(self, batch: _Batch) -> None:
+    def _drop_cancelled(self, batch: Batch) -> None:
         gone = {i: "cancelled" for i, r in enumerate(batch.rows) if r.req.cancelled.is_set()}
         if gone:
             self._retire(batch, gone)
 
-    def _retire(self, batch: _Batch, finished: dict[int, str]) -> None:
+    def _retire(self, batch: Batch, finished: dict[int, str]) -> None:
         for i, reason in finished.items():
             self._finish(batch.rows[i], reason)
         keep = [i for i in range(len(batch.rows)) if i not in finished]
-        if not keep:
-            batch.rows, batch.mask, batch.cache, batch.seq, batch.next_ids = [], None, None, None, None
-            batch.adapter = None
-            return
-        idx = torch.tensor(keep, device=self.device)
-        batch.rows = [batch.rows[i] for i in keep]
-        batch.mask = batch.mask[idx]
-        batch.next_ids = batch.next_ids[idx]
-        if batch.seq is not None:
-            batch.seq = batch.seq[idx]
-        # Columns that are padding for every remaining row cost compute in every later step: trim them.
-        real_cols = batch.mask.any(dim=0).nonzero()
-        trim = int(real_cols[0]) if len(real_cols) else 0
-        if batch.seq is not None:
-            batch.seq = batch.seq[:, trim:]
-        if self.use_cache:
-            layers = _plain_dynamic_layers(batch.cache)
-            if layers is not None:
-                for layer in layers:
-                    layer.keys = layer.keys[idx, :, trim:, :]
-                    layer.values = layer.values[idx, :, trim:, :]
-            else:
-                trim = 0
-                batch.cache.batch_select_indices(idx)
-        batch.mask = batch.mask[:, trim:]
+        keep_rows(batch, keep, self.use_cache)
 
-    def _finish(self, row: _Row, reason: str) -> None:
+    def _finish(self, row: Row, reason: str) -> None:
         now = time.perf_counter()
         req = row.req
         res = GenResult(
@@ -577,7 +357,41 @@ class Engine:
                 log.error("engine %s: a request's completion callback failed", self.name)
 
 
+def open_engine(
+    model,
+    tokenizer,
+    *,
+    name: str = "model",
+    max_batch: int = DEFAULT_MAX_BATCH,
+    max_queue: int = DEFAULT_MAX_QUEUE,
+    adapters: tuple[str, ...] = (),
+    on_batch: Callable[[int], None] | None = None,
+) -> Engine:
+    """An engine (not yet started: call ``start()``) generating with ``model``, stopping on the end
+    tokens of ``tokenizer``'s chat template and padding with its pad token (the first end token if
+    it has none). ``adapters``: PEFT adapter names requests may select; ``on_batch``: metrics hook.
+
+    The one place an engine is built, so every caller decodes the same way (``distilltune serve``,
+    compare's efficiency measurement, benchmarks)."""
+    from distilltune.models.generate import stop_token_ids
+
+    stops = stop_token_ids(tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    return Engine(
+        model,
+        stops,
+        pad,
+        name=name,
+        max_batch=max_batch,
+        max_queue=max_queue,
+        adapters=tuple(adapters),
+        on_batch=on_batch,
+    )
+
+
 __all__ = [
+    "DEFAULT_MAX_BATCH",
+    "DEFAULT_MAX_QUEUE",
     "MIN_TEMPERATURE",
     "SEED_MAX",
     "SEED_MIN",
@@ -587,4 +401,5 @@ __all__ = [
     "GenRequest",
     "GenResult",
     "QueueFull",
+    "open_engine",
 ]

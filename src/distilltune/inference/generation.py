@@ -19,6 +19,10 @@ SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
 # Below this a sampling temperature divides the logits into infinities (NaN probabilities); the API
 # rejects such values up front (400), and the engine fails a row that still hits one, never itself.
 MIN_TEMPERATURE = 1e-4
+# What an engine runs with unless configured: ``distilltune serve``'s defaults (``batching.max_batch``,
+# ``limits.max_queue``), and so what compare's efficiency measurement runs with.
+DEFAULT_MAX_BATCH = 8
+DEFAULT_MAX_QUEUE = 64
 
 
 class QueueFull(Exception):

@@ -47,6 +47,7 @@ class TextReleaser:
     refused: bool = False
     stopped_by_sequence: bool = False
     given: str | None = None  # a whole answer handed over as text (``release_text``)
+    context: object = None  # what the model read (policy.OutputContext), for the injection checks
 
     def _text(self) -> str:
         if self.given is not None:
@@ -114,7 +115,7 @@ class TextReleaser:
         if self.guard is None:
             delta, self.sent = text[len(self.sent) :], text
             return Released(delta)
-        d = self.guard.check_output(text) if text or final else None
+        d = self.guard.check_output(text, self.context) if text or final else None
         if d is None:
             return Released()
         self.output_decision = d

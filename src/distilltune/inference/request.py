@@ -22,7 +22,8 @@ The steps, for a conversation of ``{"role", "content"}`` turns ending with a use
 3. ``judge``: the student's confidence (``cascade.confidence``) and, when a fallback model exists,
    the cascade decision; ``escalate`` records the hand-over (route ``fallback``);
 4. ``releaser`` / ``complete``: the generated ids become text through ``TextReleaser`` (stop
-   sequences, output guard); a refusal there is route ``refused_output``, otherwise the answer's route
+   sequences, output guard: PII, system-prompt leaks, answers that obey injected text or dump the
+   context, for the student and the fallback alike); a refusal there is route ``refused_output``, otherwise the answer's route
    is ``student`` (or ``fallback``).
 
 The result is one typed ``RequestResult``: route, hits and citations, guard decisions, confidence,
@@ -33,6 +34,7 @@ logged; ``loggable_conversation()`` is the request as a log may keep it.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import threading
 import time
@@ -107,6 +109,7 @@ class RequestResult:
     decode_s: float = 0.0
     guard_s: float = 0.0  # input guard
     retrieval_s: float = 0.0  # retrieval and prompt assembly
+    output_context: Any = None  # what the model read, for the output guard (policy.OutputContext)
 
     @property
     def redacted_request(self) -> str:
@@ -171,6 +174,19 @@ class RequestPath:
         self.index = index
         self._prompt_lock = prompt_lock or contextlib.nullcontext()
 
+    def for_threads(self) -> RequestPath:
+        """This path for callers on several threads at once (the server, a concurrent measurement).
+
+        The prompter counts context tokens with its tokenizer, which is not thread-safe: it gets a
+        private copy of that tokenizer (so retrieval never holds the lock the callers need for
+        prompt tokenization and detokenizing) and runs behind its own lock. The guard and the cascade
+        settings are shared, so a live server's thresholds can still be changed in place."""
+        prompter = self.prompter
+        if getattr(prompter, "tokenizer", None) is not None:
+            prompter = copy.copy(prompter)
+            prompter.tokenizer = copy.deepcopy(prompter.tokenizer)
+        return RequestPath(self.guard, prompter, self.cascade, self.index, prompt_lock=threading.Lock())
+
     def _check_input(self, conv: list[dict], res: RequestResult) -> bool:
         """Redact every turn in place; the last user turn decides. True when the request is refused.
 
@@ -207,7 +223,19 @@ class RequestPath:
             messages, hits = self.prompter.messages(conv)
         res.retrieval_s = time.perf_counter() - t0
         res.messages, res.hits = messages, list(hits or [])
+        if self.guard is not None:
+            t0 = time.perf_counter()
+            res.output_context = self._output_context(res)
+            res.guard_s += time.perf_counter() - t0
         return res
+
+    def _output_context(self, res: RequestResult):
+        """The system message the model reads, and every text a directive could hide in: the
+        conversation's turns (redacted, as the model sees them) and each retrieved chunk."""
+        system = next((m["content"] for m in res.messages if m["role"] == "system"), "")
+        sources = [m["content"] for m in res.redacted_conversation]
+        sources += [getattr(h, "text", "") for h in res.hits]
+        return self.guard.output_context(system, sources)
 
     def judge(self, res: RequestResult, logprobs: Sequence[float], has_fallback: bool) -> bool:
         """Step 3: record the student's confidence; True when a fallback should answer instead."""
@@ -221,15 +249,28 @@ class RequestPath:
     def escalate(self, res: RequestResult, student_text: str) -> None:
         """The fallback answers; the student's answer is kept only output-guarded (for the log)."""
         guarded = (
-            self.guard.check_output(student_text).redacted_text if self.guard is not None else student_text
+            self.guard.check_output(student_text, res.output_context).redacted_text
+            if self.guard is not None
+            else student_text
         )
         res.student_answer, res.route = guarded, ROUTE_FALLBACK
 
     def releaser(
-        self, tokenizer, tok_lock: threading.Lock, stop: Sequence[str] = (), incremental: bool = False
+        self,
+        res: RequestResult,
+        tokenizer,
+        tok_lock: threading.Lock,
+        stop: Sequence[str] = (),
+        incremental: bool = False,
     ) -> TextReleaser:
-        """Step 4's text releaser: decode, cut at stop sequences, guard (sentence by sentence if streaming)."""
-        return TextReleaser(tokenizer, tok_lock, self.guard, list(stop), incremental=incremental)
+        """Step 4's text releaser: decode, cut at stop sequences, guard (sentence by sentence if streaming).
+
+        Whichever model answers (the student or the fallback), its text passes the same output guard
+        with the same ``res.output_context``: the injection checks know what that model read.
+        """
+        return TextReleaser(
+            tokenizer, tok_lock, self.guard, list(stop), incremental=incremental, context=res.output_context
+        )
 
     def complete(
         self,
@@ -262,7 +303,7 @@ class RequestPath:
         new_tokens: int = 0,
     ) -> RequestResult:
         """Step 4 for a backend that returns text rather than token ids (e.g. a remote vLLM server)."""
-        releaser = self.releaser(None, threading.Lock())
+        releaser = self.releaser(res, None, threading.Lock())
         end = releaser.release_text(text, finish_reason)
         return self.complete(res, releaser, end.finish_reason or finish_reason, prompt_tokens, new_tokens)
 

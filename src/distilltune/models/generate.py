@@ -31,10 +31,9 @@ class Generation:
 
 
 def uses_prefix_tuning(model) -> bool:
-    cfg = getattr(model, "peft_config", None)
-    if not cfg:
-        return False
-    return any(str(getattr(c, "peft_type", "")).endswith("PREFIX_TUNING") for c in cfg.values())
+    from distilltune.models.resolve import peft_types
+
+    return "PREFIX_TUNING" in peft_types(model)
 
 
 def _cache_kwarg(model) -> str:

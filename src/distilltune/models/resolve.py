@@ -144,12 +144,19 @@ def load_model(
 MERGEABLE = ("LORA", "IA3")
 
 
+def peft_types(model) -> set[str]:
+    """The PEFT methods of ``model``'s adapters ({"LORA"}, {"IA3", "LORA"}, ...); empty for a plain model.
+
+    PEFT's ``peft_type`` is an enum whose ``str`` is ``PeftType.LORA`` on some versions and ``LORA``
+    on others: the name after the last dot is the method either way."""
+    peft_cfg = getattr(model, "peft_config", None) or {}
+    return {str(getattr(c, "peft_type", "")).rsplit(".", 1)[-1] for c in peft_cfg.values()}
+
+
 def _mergeable(model) -> bool:
     """A PEFT model whose every adapter is folded into the weights by ``merge_and_unload``."""
-    peft_cfg = getattr(model, "peft_config", None)
-    if not peft_cfg or not hasattr(model, "merge_and_unload"):
-        return False
-    return {str(getattr(c, "peft_type", "")).rsplit(".", 1)[-1] for c in peft_cfg.values()} <= set(MERGEABLE)
+    types = peft_types(model)
+    return bool(types) and hasattr(model, "merge_and_unload") and types <= set(MERGEABLE)
 
 
 def _load_adapter(path: Path, torch_dtype: torch.dtype):

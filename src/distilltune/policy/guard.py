@@ -8,7 +8,9 @@ protects the system prompt); injection heuristics raise ``risk``, and the guard 
 only when they stack past ``injection_refuse_risk``.
 
 Output side: PII is redacted again, an answer that shares a long n-gram with the system prompt is a
-leak (refused), and a model refusal in any wording is replaced by the policy's exact message.
+leak (refused), and a model refusal in any wording is replaced by the policy's exact message. Given
+what the request's model read (``output_context``), an answer that obeys injected text or dumps the
+retrieved context is caught too (``policy.output``).
 
 ``GuardDecision.to_dict()`` holds offsets, labels and the redacted text — never the raw input.
 """
@@ -26,6 +28,7 @@ from distilltune.config import StrictModel
 from distilltune.policy.conversation import turn_spans
 from distilltune.policy.injection import extraction_spans, injection_risk, injection_signals
 from distilltune.policy.leakage import LeakDetector
+from distilltune.policy.output import OutputContext
 from distilltune.policy.pii import PIIRedactor, Span
 from distilltune.policy.readings import readings
 from distilltune.policy.topics import (
@@ -284,7 +287,14 @@ class Guard:
             reasons.append("obfuscated")
         return refuse, extracted, signals
 
-    def check_output(self, text: str) -> GuardDecision:
+    def output_context(self, prompt: str = "", sources: Sequence[str] = ()) -> OutputContext:
+        """What one request's model read (system message; turns and chunks), for ``check_output``."""
+        return OutputContext(prompt, sources)
+
+    def check_output(self, text: str, context: OutputContext | None = None) -> GuardDecision:
+        """An answer's verdict. With ``context`` (what the model read), also the injection checks:
+        an answer that says an injected directive's payload, or copies long spans of its prompt
+        (``policy.output`` decides whether each refuses, is only flagged, or is off)."""
         pii = self.pii.find(text)
         redacted, _ = self.pii.redact(text, pii)
         reasons = _dedupe([f"pii:{s.label}" for s in pii])
@@ -296,6 +306,8 @@ class Guard:
                 spans += leaks
                 reasons.append("system_prompt_leak")
                 refuse = True
+        if context is not None:
+            refuse = self._check_injection_output(text, context, reasons) or refuse
         if self._is_refusal(text):
             reasons.append("model_refusal")
             refuse = True
@@ -303,9 +315,20 @@ class Guard:
         if refuse:
             redacted = self.refusal_message
         spans.sort(key=lambda s: (s.start, s.end))
-        return GuardDecision(
-            action, reasons, spans, redacted, 1.0 if "system_prompt_leak" in reasons else 0.0
-        )
+        risky = {"system_prompt_leak", "injection_followed", "context_dump"} & set(reasons)
+        return GuardDecision(action, reasons, spans, redacted, 1.0 if risky else 0.0)
+
+    def _check_injection_output(self, text: str, context: OutputContext, reasons: list[str]) -> bool:
+        """Append ``injection_followed`` / ``context_dump`` as found; True when the policy refuses one."""
+        checks = self.policy.output
+        refuse = False
+        if checks.injection_followed != "off" and context.followed(text):
+            reasons.append("injection_followed")
+            refuse = checks.injection_followed == "refuse"
+        if checks.context_dump != "off" and context.copied_words(text) >= checks.context_dump_words:
+            reasons.append("context_dump")
+            refuse = refuse or checks.context_dump == "refuse"
+        return refuse
 
     def _is_refusal(self, text: str) -> bool:
         from distilltune.text import is_refusal

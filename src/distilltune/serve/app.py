@@ -22,7 +22,6 @@ Each request writes one row to the request log and updates the metrics, whatever
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import time
@@ -39,7 +38,13 @@ from distilltune.inference import ROUTE_REFUSED_INPUT, ROUTE_REFUSED_OUTPUT
 from distilltune.inference.backends import BACKENDS
 from distilltune.serve import feedback
 from distilltune.serve.ab import ABRouter
-from distilltune.serve.intake import LOOPBACK_NAMES, check_browser_safety, parse_request, read_body
+from distilltune.serve.intake import (
+    allowed_hosts,
+    check_access,
+    check_api_key,
+    parse_request,
+    read_body,
+)
 from distilltune.serve.loading import ServerState
 from distilltune.serve.openai_types import APIError, chunk, completion, new_id
 from distilltune.serve.pipeline import Delta, End, RequestPipeline, Start
@@ -89,7 +94,7 @@ def create_app(state: ServerState, manage_lifecycle: bool = True) -> FastAPI:
     ab = ABRouter(state, pipeline)  # --candidate: A/B arms or shadow copies (serve/ab.py)
     cfg = state.config
     metrics = state.metrics
-    allowed_hosts = {*LOOPBACK_NAMES, cfg.host.lower(), *(h.lower() for h in cfg.limits.allowed_hosts)}
+    hosts = allowed_hosts(cfg)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -130,20 +135,6 @@ def create_app(state: ServerState, manage_lifecycle: bool = True) -> FastAPI:
     async def _unexpected(_request: Request, e: Exception):
         log.error("internal error: %s", type(e).__name__)  # never the request content
         return _error_response(APIError(500, "internal server error", type="server_error"))
-
-    def check_auth(request: Request) -> None:
-        if state.api_key is None:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            token.strip().encode(), state.api_key.encode()
-        ):
-            raise APIError(
-                401,
-                "missing or incorrect API key: send Authorization: Bearer <key>",
-                code="invalid_api_key",
-            )
 
     def finalize(rec: LogRecord, status: int, t0: float, ttft: float | None, error: APIError | None) -> None:
         rec.status = status
@@ -208,12 +199,12 @@ def create_app(state: ServerState, manage_lifecycle: bool = True) -> FastAPI:
 
     @app.get("/v1/models")
     async def list_models(request: Request):
-        check_auth(request)
+        check_api_key(request, state.api_key)
         return {"object": "list", "data": [model_card(m) for m in state.models.values()]}
 
     @app.get("/v1/models/{model_id:path}")
     async def get_model(model_id: str, request: Request):
-        check_auth(request)
+        check_api_key(request, state.api_key)
         if model_id not in state.models:
             raise APIError(404, "model not found", code="model_not_found", param="model")
         return model_card(state.models[model_id])
@@ -226,9 +217,7 @@ def create_app(state: ServerState, manage_lifecycle: bool = True) -> FastAPI:
         deadline = t0 + cfg.limits.timeout_s
         events = None
         try:
-            check_auth(request)
-            if state.api_key is None:
-                check_browser_safety(request, allowed_hosts)
+            check_access(request, state.api_key, hosts)
             req = parse_request(
                 await read_body(request, cfg.limits.max_body_bytes, cfg.limits.body_timeout_s)
             )

@@ -15,6 +15,7 @@ from pydantic import Field, field_validator, model_validator
 from distilltune.config import StrictModel
 from distilltune.inference.backends import BACKENDS
 from distilltune.inference.cascade import CascadeConfig
+from distilltune.inference.generation import DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUE
 from distilltune.policy import GuardConfig
 from distilltune.retrieval.config import RetrievalConfig
 
@@ -27,11 +28,19 @@ class Limits(StrictModel):
     max_body_bytes: int = Field(default=256 * 1024, ge=1024, description="largest accepted request body")
     max_messages: int = Field(default=64, ge=1, description="most messages in one request")
     max_message_chars: int = Field(default=16_000, ge=1, description="longest single message")
+    max_request_chars: int = Field(
+        default=12_000,
+        ge=1,
+        description="most characters in all messages together: bounds the guard's CPU per request "
+        "(worst case about 40 us per character on the dev machine, so about 0.5 s at the default)",
+    )
     max_tokens: int = Field(default=512, ge=1, description="largest max_tokens a request may ask for")
     max_prompt_tokens: int = Field(
         default=2048, ge=16, description="longest rendered prompt (system + context + conversation)"
     )
-    max_queue: int = Field(default=64, ge=1, description="waiting requests per model before 429")
+    max_queue: int = Field(
+        default=DEFAULT_MAX_QUEUE, ge=1, description="waiting requests per model before 429"
+    )
     timeout_s: float = Field(default=120.0, gt=0, description="per-request wall-clock limit")
     body_timeout_s: float = Field(
         default=30.0, gt=0, description="the whole request body must arrive within this (else 408)"
@@ -43,7 +52,9 @@ class Limits(StrictModel):
 
 
 class Batching(StrictModel):
-    max_batch: int = Field(default=8, ge=1, description="sequences decoded together per forward pass")
+    max_batch: int = Field(
+        default=DEFAULT_MAX_BATCH, ge=1, description="sequences decoded together per forward pass"
+    )
 
 
 class Generation(StrictModel):

@@ -27,7 +27,7 @@ from typing import Literal
 from fastapi import FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from distilltune.serve.intake import LOOPBACK_NAMES, check_browser_safety, parse_json_body, read_body
+from distilltune.serve.intake import allowed_hosts, check_access, parse_json_body, read_body
 from distilltune.serve.openai_types import APIError
 
 TABLE = "feedback"
@@ -108,27 +108,12 @@ def parse_feedback(body: bytes) -> Feedback:
 
 def register(app: FastAPI, state) -> None:
     """Add ``POST /v1/feedback`` to the server's app (``state``: the ``ServerState``)."""
-    import hmac
-
     cfg = state.config
-    allowed_hosts = {*LOOPBACK_NAMES, cfg.host.lower(), *(h.lower() for h in cfg.limits.allowed_hosts)}
-
-    def check_access(request: Request) -> None:
-        """The same rules as chat completions: the API key when set, else browser safety."""
-        if state.api_key is None:
-            check_browser_safety(request, allowed_hosts)
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            token.strip().encode(), state.api_key.encode()
-        ):
-            raise APIError(
-                401, "missing or incorrect API key: send Authorization: Bearer <key>", code="invalid_api_key"
-            )
+    hosts = allowed_hosts(cfg)
 
     @app.post("/v1/feedback")
     async def feedback(request: Request):
-        check_access(request)
+        check_access(request, state.api_key, hosts)  # the same rules as chat completions
         fb = parse_feedback(await read_body(request, cfg.limits.max_body_bytes, cfg.limits.body_timeout_s))
         db = state.log.path
         if not await asyncio.to_thread(_request_exists, db, fb.id):

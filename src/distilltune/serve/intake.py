@@ -1,4 +1,5 @@
-"""What arrives over HTTP, checked before anything runs: the body (size, time), its JSON, browser safety.
+"""What arrives over HTTP, checked before anything runs: the API key or browser safety, the body (size,
+time), its JSON.
 
 Every failure here is a 4xx in OpenAI's error shape (``APIError``), never a 5xx the client would
 retry, and no message echoes the body: malformed JSON of any nesting depth or number size is a 400,
@@ -9,6 +10,7 @@ connection forever), a client gone mid-upload a 499 in the log.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 from typing import TypeVar
 
@@ -109,3 +111,27 @@ def check_browser_safety(request: Request, allowed_hosts: set[str]) -> None:
         f"https://{host}".lower(),
     ):
         raise APIError(403, "cross-origin requests need an API key", code="cross_origin")
+
+
+def allowed_hosts(cfg) -> set[str]:
+    """Host names served without an API key: loopback, the bound host, ``limits.allowed_hosts``."""
+    return {*LOOPBACK_NAMES, cfg.host.lower(), *(h.lower() for h in cfg.limits.allowed_hosts)}
+
+
+def check_api_key(request: Request, api_key: str | None) -> None:
+    """``Authorization: Bearer <key>`` compared in constant time; nothing to check without a key."""
+    if api_key is None:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
+        raise APIError(
+            401, "missing or incorrect API key: send Authorization: Bearer <key>", code="invalid_api_key"
+        )
+
+
+def check_access(request: Request, api_key: str | None, hosts: set[str]) -> None:
+    """Who may POST (chat completions, feedback): the API key when one is set, else browser safety."""
+    if api_key is None:
+        check_browser_safety(request, hosts)
+    else:
+        check_api_key(request, api_key)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from distilltune.errors import UserError
-from distilltune.inference.engine import Engine
+from distilltune.inference.engine import Engine, open_engine
 from distilltune.serve.config import ServeConfig
 from distilltune.serve.metrics import ServerMetrics
 from distilltune.serve.requestlog import RequestLog
@@ -156,7 +156,6 @@ def load_slot(
     from peft import PeftModel
 
     from distilltune.models import load_model
-    from distilltune.models.generate import stop_token_ids
 
     # merged for speed when served alone; extra adapters were trained on the bare base, so then not
     loaded = load_model(ref, teacher=cfg.teacher, merge=not adapters)
@@ -185,12 +184,9 @@ def load_slot(
             ids[a] = a
             engine_adapters.append(a)
     tok = loaded.tokenizer
-    stops = stop_token_ids(tok)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else stops[0]
-    engine = Engine(
+    engine = open_engine(
         model,
-        stops,
-        pad,
+        tok,
         name=role,
         max_batch=cfg.batching.max_batch,
         max_queue=cfg.limits.max_queue,

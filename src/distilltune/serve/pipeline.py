@@ -18,8 +18,6 @@ the request's ``LogRecord`` — redacted text only.
 
 from __future__ import annotations
 
-import copy
-import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -80,13 +78,8 @@ def _record(rec: LogRecord, res: RequestResult, done: bool) -> None:
 class RequestPipeline:
     def __init__(self, state: ServerState):
         self.state = state
-        # The prompter counts context tokens with the tokenizer; give it a private copy so retrieval
-        # never holds the lock the event loop needs for detokenizing.
-        prompter = state.prompter
-        if getattr(prompter, "tokenizer", None) is state.student.tokenizer:
-            prompter = copy.copy(prompter)
-            prompter.tokenizer = copy.deepcopy(state.student.tokenizer)
-        self.path = RequestPath(state.guard, prompter, state.config.cascade, prompt_lock=threading.Lock())
+        # Requests run on many threads: the prompter gets a private tokenizer behind its own lock.
+        self.path = RequestPath(state.guard, state.prompter, state.config.cascade).for_threads()
 
     # ---- validation -------------------------------------------------------------------------
     def resolve(self, req: ChatRequest) -> ServedModel:
@@ -116,6 +109,16 @@ class RequestPipeline:
                 raise APIError(
                     400, f"message {i} is longer than {lim.max_message_chars} characters", param="messages"
                 )
+        total = sum(len(m.text()) for m in req.messages)
+        if total > lim.max_request_chars:
+            # The guard reads every character (PII in any turn, split across turns): its CPU grows
+            # with the total, so the total is capped, not only each message. No content is echoed.
+            raise APIError(
+                400,
+                f"the messages hold more than {lim.max_request_chars} characters in total",
+                param="messages",
+                code="request_too_long",
+            )
         turns = [m for m in req.messages if m.role in ("user", "assistant")]
         if not turns or turns[-1].role != "user":
             raise APIError(400, "the conversation must end with a user message", param="messages")
@@ -209,7 +212,7 @@ class RequestPipeline:
         if not self.path.judge(res, gen.logprobs, has_fallback=True):
             return student, ids, gen, None
         st.metrics.escalations.inc()
-        draft = self.path.releaser(student.tokenizer, student.tok_lock, stop)
+        draft = self.path.releaser(res, student.tokenizer, student.tok_lock, stop)
         for tok in gen.token_ids:
             draft.add(tok, student.engine.stop_ids)
         self.path.escalate(res, draft.raw_text)
@@ -255,7 +258,7 @@ class RequestPipeline:
         rec.route = extra["route"] = res.route
         yield Start(res.route, res.citations)
 
-        releaser = self.path.releaser(answering.tokenizer, answering.tok_lock, stop, incremental=stream)
+        releaser = self.path.releaser(res, answering.tokenizer, answering.tok_lock, stop, incremental=stream)
         gen, finish = buffered, None
         try:
             if buffered is not None:

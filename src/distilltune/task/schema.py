@@ -40,6 +40,9 @@ class DataPaths(StrictModel):
 
 class Budgets(StrictModel):
     latency_p95_ms: float | None = Field(default=None, gt=0)
+    # Requests in flight the deployment must handle: efficiency is then also measured with this many
+    # concurrent clients, and the latency budget is checked at that load (None: one at a time).
+    concurrency: int | None = Field(default=None, ge=1, le=256)
     memory_mb: float | None = Field(default=None, gt=0)
     min_quality: float | None = Field(default=None, ge=0, le=1)
 
@@ -191,8 +194,28 @@ class PIIRules(StrictModel):
         return [d for d in PII_DETECTORS if d not in self.disable]
 
 
+OutputAction = Literal["refuse", "flag", "off"]
+
+
+class OutputChecks(StrictModel):
+    """What the output guard does with an answer that obeys injected text or dumps its prompt.
+
+    ``refuse``: the user gets the refusal message (route ``refused_output``) and the reason is logged;
+    ``flag``: the answer goes out and only the reason is logged; ``off``: not checked. The threshold's
+    default was calibrated on acme-support (``distilltune.policy.output``; docs/guard.md): raise it
+    for a task whose grounded answers quote long passages.
+    """
+
+    injection_followed: OutputAction = "refuse"
+    context_dump: OutputAction = "refuse"
+    context_dump_words: int = Field(
+        default=32, ge=8, description="answer words copied from the prompt (in 8-word runs) that make a dump"
+    )
+
+
 class PolicySpec(StrictModel):
     refusal_message: str = "I'm sorry, but I can't help with that."
     blocked_topics: list[BlockedTopic] = []
     pii: PIIRules = PIIRules()
     protect_system_prompt: bool = True
+    output: OutputChecks = OutputChecks()

@@ -1,7 +1,7 @@
 """Generation backends behind one engine interface: name → how to open an engine for a model.
 
 - ``torch``: the continuous-batching ``inference.engine.Engine`` over a transformers model (any
-  reference ``load_model`` accepts);
+  reference ``load_model`` accepts), built by ``inference.engine.open_engine`` like every torch engine;
 - ``onnx``: ONNX Runtime over the directory ``distilltune export --format onnx`` writes
   (``backends.onnx``; the ``onnx`` extra);
 - ``llama.cpp``: llama.cpp over a ``.gguf`` (``backends.llamacpp``; the ``gguf`` extra).
@@ -116,8 +116,8 @@ def open_model(
     ref: str,
     *,
     name: str = "model",
-    max_batch: int = 8,
-    max_queue: int = 64,
+    max_batch: int | None = None,
+    max_queue: int | None = None,
     on_batch=None,
     threads: int | None = None,
     teacher: str | None = None,
@@ -126,19 +126,20 @@ def open_model(
     """Load ``ref`` for ``backend`` and build its engine (not started). Non-torch backends need their
     deployed format (``find_artifact``); a clear error says how to export it otherwise."""
     from distilltune.data.chat import stop_token_ids
+    from distilltune.inference.engine import DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUE
 
+    max_batch, max_queue = max_batch or DEFAULT_MAX_BATCH, max_queue or DEFAULT_MAX_QUEUE
     b = get_backend(backend)
     if b.name == "torch":
-        from distilltune.inference.engine import Engine
+        from distilltune.inference.engine import open_engine
         from distilltune.models import load_model
 
         loaded = load_model(ref, teacher=teacher, dtype=dtype)
         tok = loaded.tokenizer
-        stops = stop_token_ids(tok)
-        pad = tok.pad_token_id if tok.pad_token_id is not None else stops[0]
-        engine = Engine(
-            loaded.model, stops, pad, name=name, max_batch=max_batch, max_queue=max_queue, on_batch=on_batch
+        engine = open_engine(
+            loaded.model, tok, name=name, max_batch=max_batch, max_queue=max_queue, on_batch=on_batch
         )
+        stops = engine.stop_ids
         cfg = loaded.model.config
         params = sum(p.numel() for p in loaded.model.parameters())
         return Opened(
