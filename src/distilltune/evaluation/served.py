@@ -52,7 +52,7 @@ class ServedAnswerer:
         if gen.finish_reason in ("error", "cancelled"):
             raise UserError(f"the engine failed a timed request ({gen.error or gen.finish_reason})")
         path.judge(res, gen.logprobs, has_fallback=False)
-        releaser = path.releaser(self.tokenizer, self.tok_lock)
+        releaser = path.releaser(res, self.tokenizer, self.tok_lock)
         finish = None
         for tok in gen.token_ids:
             r = releaser.add(tok, self.engine.stop_ids)
