@@ -39,10 +39,13 @@ def build_config(
 
 
 def report_user_error(err: UserError) -> None:
-    console.print(f"[bold red]error:[/] {err.message}", markup=True)
+    # The message is plain text: escaped, so an install line like `distilltune[gguf]` is not read as markup.
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/] {escape(err.message)}", markup=True)
     for p in err.problems:
         style = "red" if p.severity == "error" else "yellow"
-        console.print(f"  [{style}]{p}[/]", markup=True)
+        console.print(f"  [{style}]{escape(str(p))}[/]", markup=True)
 
 
 def fail(message: str) -> None:

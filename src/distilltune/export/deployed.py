@@ -76,6 +76,10 @@ def deployed_artifact(
         raise UserError(
             f"--quant {quant} does not apply to --backend {backend}; choose one of {', '.join(b.quants)}"
         )
+    if b.name == "llama.cpp":
+        from distilltune.inference.backends.llamacpp import require_llama_cpp
+
+        require_llama_cpp()  # before minutes of exporting for a runtime that is not there
     given = find_artifact(b.name, ref)
     if given is not None:
         if quant != "none":
