@@ -4,7 +4,8 @@ Presets set the data and step counts; anything given in a YAML file, as an optio
 override wins over the preset. ``quick`` is sized so ``distilltune demo`` finishes within a quarter
 of an hour on a 2-core CPU while still training every strategy for real (measured as a first run on an
 idle machine: 697 s, benchmarks/results/demo.json); ``full`` is the honest run (all data, all six
-strategies, 3x the updates at twice the batch; measured: 76 min on 2 cores, benchmarks/results/full.json).
+strategies plus the quantized teacher and distilled student in each deployed format whose runtime is installed,
+3x the updates at twice the batch; measured before the deployed candidates: 76 min on 2 cores, benchmarks/results/full.json).
 """
 
 from __future__ import annotations
@@ -27,6 +28,21 @@ from distilltune.retrieval.config import RetrievalConfig
 from distilltune.train.config import LoraSettings
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def deployed_candidates() -> list[str]:
+    """The quantized teacher and the distilled student in every deployed format whose runtime is
+    installed (ONNX Runtime: int8; llama.cpp: q8_0). The full preset compares them; the quick preset
+    cannot afford them (docs/compare.md: the teacher's int8 export and evaluation take ~4.5 min)."""
+    import importlib.util
+
+    out = []
+    if importlib.util.find_spec("onnxruntime") is not None:
+        out += ["teacher@int8", "student-kd@int8"]
+    if importlib.util.find_spec("llama_cpp") is not None:
+        out += ["teacher@q8_0", "student-kd@q8_0"]
+    return out
+
 
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
@@ -70,6 +86,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train_limit": None,
         "eval_limit": None,
         "behaviour_limit": None,
+        # every built-in, plus "quantize" as a rival: the teacher and the distilled student deployed
+        "strategies": [*BUILTIN_NAMES, *deployed_candidates()],
         # acme's reference answers average ~25 tokens; a longer cap only times the teacher's rambling
         "max_new_tokens": 64,
         "efficiency_prompts": 20,
