@@ -146,6 +146,27 @@ def measure(model: str, task_dir: Path, name: str, artifact: str | None, threads
     return row
 
 
+def run_all(model: str, names: list[str], threads: list[int], work: Path, args):
+    """Export every variant, time each at every thread count, then torch and the fastest at concurrency."""
+    exports = export_all(model, work, names)
+    rows = []
+    args.with_concurrency = False
+    for t in threads:
+        for n in names:
+            _log(f"measuring {n} at {t} thread(s)")
+            rows.append(measure(model, Path(args.task), n, exports.get(n, {}).get("artifact"), t, args))
+    top = [r for r in rows if r["threads"] == max(threads) and r["decode_tok_s"] and r["backend"] != "torch"]
+    fastest = max(top, key=lambda r: r["decode_tok_s"], default=None)
+    served = []
+    args.with_concurrency = True
+    for n in ["torch-fp32", *([fastest["variant"]] if fastest else [])]:
+        if n in names:
+            _log(f"measuring {n} at concurrency {args.concurrency}")
+            artifact = exports.get(n, {}).get("artifact")
+            served.append(measure(model, Path(args.task), n, artifact, max(threads), args))
+    return exports, rows, served, fastest
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=DEFAULT_MODEL, help="a run dir or model reference (read only)")
@@ -181,25 +202,7 @@ def main() -> None:
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="export_device-"))
     started = time.perf_counter()
     try:
-        exports = export_all(model, work, names)
-        rows = []
-        for t in threads:
-            for n in names:
-                _log(f"measuring {n} at {t} thread(s)")
-                args.with_concurrency = False
-                rows.append(measure(model, Path(args.task), n, exports.get(n, {}).get("artifact"), t, args))
-        two = [r for r in rows if r["threads"] == max(threads) and r["decode_tok_s"]]
-        fastest = max(
-            (r for r in two if r["backend"] != "torch"), key=lambda r: r["decode_tok_s"], default=None
-        )
-        served = []
-        args.with_concurrency = True
-        for n in ["torch-fp32", *([fastest["variant"]] if fastest else [])]:
-            if n in names:
-                _log(f"measuring {n} at concurrency {args.concurrency}")
-                served.append(
-                    measure(model, Path(args.task), n, exports.get(n, {}).get("artifact"), max(threads), args)
-                )
+        exports, rows, served, fastest = run_all(model, names, threads, work, args)
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)

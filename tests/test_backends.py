@@ -302,14 +302,17 @@ def test_serve_with_the_onnx_backend_answers_on_loopback(varied_model, tiny_task
 def test_serve_with_llama_cpp_missing_stops_with_the_install_line(
     varied_model, tiny_task, tmp_path, monkeypatch, capsys
 ):
+    import shutil
     import sys
 
     from cli_run import run_cli
     from distilltune.export.deployed import cache_dir
 
+    model = tmp_path / "model"  # a source no other test has exported
+    shutil.copytree(varied_model, model)
     monkeypatch.setitem(sys.modules, "llama_cpp", None)  # as if the gguf extra were not installed
-    args = ["serve", str(varied_model), "--task", str(tiny_task), "--backend", "llama.cpp", "--quant", "q8_0"]
+    args = ["serve", str(model), "--task", str(tiny_task), "--backend", "llama.cpp", "--quant", "q8_0"]
     code, out, err = run_cli(capsys, *args, "--log-db", str(tmp_path / "log.db"))
     assert code == 2 and "Traceback" not in out + err
     assert "distilltune[gguf]" in out + err and "make install-gguf" in out + err
-    assert not cache_dir(str(varied_model), "gguf", "q8_0").exists()  # nothing exported for nothing
+    assert not cache_dir(str(model), "gguf", "q8_0").exists()  # nothing exported for nothing

@@ -181,12 +181,36 @@ def _concurrent(answer: ServedAnswerer, task, spec: dict) -> dict | None:
     }
 
 
+def _open(spec: dict, threads: int):
+    """The engine ``distilltune serve --backend`` builds: torch's continuous batching (open_engine) or
+    the deployed file in its runtime (ONNX Runtime, llama.cpp)."""
+    from distilltune.inference.backends import open_model
+    from distilltune.inference.engine import DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUE
+
+    backend = spec.get("backend") or "torch"
+    return open_model(
+        backend,
+        spec["model"] if backend == "torch" else spec["artifact"],
+        teacher=spec.get("teacher"),
+        dtype=spec.get("dtype", "float32"),
+        max_batch=DEFAULT_MAX_BATCH,
+        max_queue=max(DEFAULT_MAX_QUEUE, spec.get("concurrency") or 1),
+        threads=threads,
+    )
+
+
+def _size_and_params(spec: dict, opened) -> tuple[int, str, int | None]:
+    from distilltune.models import model_info
+
+    if opened.model is not None:
+        size, size_kind = serving_size(spec["model"], opened.model)
+        return size, size_kind, model_info(opened.model).params
+    return opened.size_bytes, "disk", opened.params  # the exported file(s) the runtime loaded
+
+
 def probe(spec: dict) -> dict:
     """Run inside the fresh process: load, build the engine, warm up, time requests as served."""
     from distilltune.inference import build_path
-    from distilltune.inference.backends import open_model
-    from distilltune.inference.engine import DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUE
-    from distilltune.models import model_info
     from distilltune.policy import GuardConfig
     from distilltune.retrieval import RetrievalConfig
     from distilltune.runtime import set_threads
@@ -197,17 +221,7 @@ def probe(spec: dict) -> dict:
     k = spec.get("concurrency") or 1
     backend = spec.get("backend") or "torch"
     t0 = time.perf_counter()
-    # The engine ``distilltune serve --backend`` builds: torch's continuous batching (open_engine) or
-    # the deployed file in its runtime (ONNX Runtime, llama.cpp).
-    opened = open_model(
-        backend,
-        spec["model"] if backend == "torch" else spec["artifact"],
-        teacher=spec.get("teacher"),
-        dtype=spec.get("dtype", "float32"),
-        max_batch=DEFAULT_MAX_BATCH,
-        max_queue=max(DEFAULT_MAX_QUEUE, k),
-        threads=threads,
-    )
+    opened = _open(spec, threads)
     load_s = time.perf_counter() - t0
     rss_after_load = peak_rss_mb()
     t0 = time.perf_counter()
@@ -230,11 +244,7 @@ def probe(spec: dict) -> dict:
         concurrent = _concurrent(answer, task, spec)
     finally:
         engine.stop()
-    if opened.model is not None:
-        size, size_kind = serving_size(spec["model"], opened.model)
-        params = model_info(opened.model).params
-    else:  # the exported file(s) the runtime loaded
-        size, size_kind, params = opened.size_bytes, "disk", opened.params
+    size, size_kind, params = _size_and_params(spec, opened)
     # Other processes competing for the cores inflate every timing: record how busy the machine was.
     load_1m = os.getloadavg()[0]
     return {

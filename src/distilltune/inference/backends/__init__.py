@@ -111,6 +111,54 @@ def _tokenizer_for(backend: str, path: Path):
     return tok
 
 
+def _open_torch(b: Backend, ref: str, kw: dict, teacher: str | None, dtype: str) -> Opened:
+    from distilltune.inference.engine import open_engine
+    from distilltune.models import load_model
+
+    loaded = load_model(ref, teacher=teacher, dtype=dtype)
+    kw = {k: v for k, v in kw.items() if k != "threads"}  # torch threads are the process's (set_threads)
+    engine = open_engine(loaded.model, loaded.tokenizer, **kw)
+    positions = getattr(loaded.model.config, "max_position_embeddings", None)
+    params = sum(p.numel() for p in loaded.model.parameters())
+    return Opened(
+        engine, loaded.tokenizer, engine.stop_ids, b, ref, None, positions, params, None, loaded.model
+    )
+
+
+def _open_runtime(b: Backend, ref: str, kw: dict) -> Opened:
+    from distilltune.data.chat import stop_token_ids
+
+    path = find_artifact(b.name, ref)
+    if path is None:
+        raise UserError(
+            f"--backend {b.name} loads {b.artifact}; {ref!r} is not one. Export it first: "
+            f"distilltune export {ref} --format {b.export_format} --output DIR (or let serve/evaluate "
+            "export it on the fly)"
+        )
+    if b.name == "llama.cpp":
+        from distilltune.inference.backends.llamacpp import LlamaCppEngine as EngineClass
+        from distilltune.inference.backends.llamacpp import require_llama_cpp
+
+        require_llama_cpp()  # before the tokenizer: the missing extra is the first thing to say
+    else:
+        from distilltune.inference.backends.onnx import OnnxEngine as EngineClass
+    tok = _tokenizer_for(b.name, path)
+    stops = stop_token_ids(tok)
+    kw = {k: v for k, v in kw.items() if k != "max_batch"}  # one request at a time
+    engine = EngineClass(path, stops, **kw)
+    return Opened(
+        engine,
+        tok,
+        stops,
+        b,
+        ref,
+        path,
+        engine.max_context,
+        artifact_params(b.name, path),
+        artifact_size(b.name, path),
+    )
+
+
 def open_model(
     backend: str,
     ref: str,
@@ -125,68 +173,19 @@ def open_model(
 ) -> Opened:
     """Load ``ref`` for ``backend`` and build its engine (not started). Non-torch backends need their
     deployed format (``find_artifact``); a clear error says how to export it otherwise."""
-    from distilltune.data.chat import stop_token_ids
     from distilltune.inference.engine import DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUE
 
-    max_batch, max_queue = max_batch or DEFAULT_MAX_BATCH, max_queue or DEFAULT_MAX_QUEUE
     b = get_backend(backend)
+    kw = {
+        "name": name,
+        "max_batch": max_batch or DEFAULT_MAX_BATCH,
+        "max_queue": max_queue or DEFAULT_MAX_QUEUE,
+        "on_batch": on_batch,
+        "threads": threads,
+    }
     if b.name == "torch":
-        from distilltune.inference.engine import open_engine
-        from distilltune.models import load_model
-
-        loaded = load_model(ref, teacher=teacher, dtype=dtype)
-        tok = loaded.tokenizer
-        engine = open_engine(
-            loaded.model, tok, name=name, max_batch=max_batch, max_queue=max_queue, on_batch=on_batch
-        )
-        stops = engine.stop_ids
-        cfg = loaded.model.config
-        params = sum(p.numel() for p in loaded.model.parameters())
-        return Opened(
-            engine,
-            tok,
-            stops,
-            b,
-            ref,
-            None,
-            getattr(cfg, "max_position_embeddings", None),
-            params,
-            None,
-            loaded.model,
-        )
-    path = find_artifact(b.name, ref)
-    if path is None:
-        raise UserError(
-            f"--backend {b.name} loads {b.artifact}; {ref!r} is not one. Export it first: "
-            f"distilltune export {ref} --format {b.export_format} --output DIR (or let serve/evaluate "
-            "export it on the fly)"
-        )
-    if b.name == "llama.cpp":
-        from distilltune.inference.backends.llamacpp import require_llama_cpp
-
-        require_llama_cpp()  # before the tokenizer: the missing extra is the first thing to say
-    tok = _tokenizer_for(b.name, path)
-    stops = stop_token_ids(tok)
-    kw = {"name": name, "max_queue": max_queue, "on_batch": on_batch, "threads": threads}
-    if b.name == "onnx":
-        from distilltune.inference.backends.onnx import OnnxEngine
-
-        engine = OnnxEngine(path, stops, **kw)
-    else:
-        from distilltune.inference.backends.llamacpp import LlamaCppEngine
-
-        engine = LlamaCppEngine(path, stops, **kw)
-    return Opened(
-        engine,
-        tok,
-        stops,
-        b,
-        ref,
-        path,
-        engine.max_context,
-        artifact_params(b.name, path),
-        artifact_size(b.name, path),
-    )
+        return _open_torch(b, ref, kw, teacher, dtype)
+    return _open_runtime(b, ref, kw)
 
 
 __all__ = [
