@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import yaml
 
 from conftest import TINY_TASK
 from distilltune.errors import UserError
@@ -299,3 +300,85 @@ def test_merge_leaves_nothing_behind_when_the_new_version_is_invalid(tmp_path):
     with pytest.raises(UserError, match="invalid task"):
         merge([bad], task, guard, tmp_path / "out", overlap=0.8)
     assert not (tmp_path / "out" / "task-v2").exists()
+
+
+# -- retrain: the recipe of the current model, on the new version (training itself: test_flywheel_loop.py)
+
+
+def _merged(tmp_path: Path) -> dict:
+    new = tmp_path / "review" / "task-v2"
+    shutil.copytree(TINY_TASK, new)
+    return {"task_dir": str(new), "version": 2, "digest": "d1"}
+
+
+def test_retrain_recipe_from_a_run_dir_swaps_only_the_task(tmp_path):
+    from distilltune.distill.pipeline import load_pipeline
+    from distilltune.flywheel.retrain import resolve_recipe
+
+    merged = _merged(tmp_path)
+    runs = {
+        "student-kd": {"task": "/old/task", "teacher": "/runs/teacher", "student": "teacher:n_layers=2",
+                       "output": "/runs/student-kd", "train": {"max_steps": 40}},
+        "7-ft": {"task": "/old/task", "model": "/base", "output": "/runs/7-ft", "method": "lora"},
+    }  # fmt: skip
+    for name, cfg in runs.items():
+        run = tmp_path / name
+        run.mkdir()
+        (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+        data = resolve_recipe(run, Path(merged["task_dir"]))
+        (step,) = data["steps"]
+        kind = "distill" if "student" in cfg else "finetune"
+        body = step[kind]
+        assert body == {**{k: v for k, v in cfg.items() if k != "output"}, "task": "${task}"}
+        assert data["vars"]["task"] == str(Path(merged["task_dir"]).resolve())
+        assert step["name"] == ("student-kd" if name == "student-kd" else "run-7-ft")
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(data))
+        pipe = load_pipeline(path)  # the written recipe is a valid pipeline, on the new version
+        assert (
+            pipe.steps[0].kind == kind
+            and Path(pipe.steps[0].config.task) == Path(merged["task_dir"]).resolve()
+        )
+
+
+def test_retrain_refuses_a_pipeline_that_would_train_on_the_old_task(tmp_path):
+    from distilltune.flywheel.retrain import retrain
+
+    merged = _merged(tmp_path)
+    pipe = {"name": "p", "vars": {"task": "somewhere"}, "steps": [
+        {"name": "ok", "finetune": {"task": "${task}", "model": "m"}},
+        {"name": "stale", "finetune": {"task": str(TINY_TASK), "model": "m"}},
+    ]}  # fmt: skip
+    path = tmp_path / "pipe.yaml"
+    path.write_text(yaml.safe_dump(pipe))
+    with pytest.raises(UserError, match=r"step 'stale' trains on .*write task: \$\{task\}"):
+        retrain(path, [], merged, tmp_path / "review")
+    with pytest.raises(UserError, match="not found"):
+        retrain(tmp_path / "nope.yaml", [], merged, tmp_path / "review")
+    with pytest.raises(UserError, match="not a training run"):
+        retrain(tmp_path, [], merged, tmp_path / "review")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"steps": [{"name": "x", "finetune": {"task": "${task}", "model": "m",
+                                                                        "train": {"max_steps": "many"}}}]}))  # fmt: skip
+    with pytest.raises(UserError, match="invalid pipeline"):
+        retrain(bad, [], merged, tmp_path / "review")
+
+
+def test_cli_rejects_contradictory_gate_options(tmp_path, capsys):
+    from cli_run import run_cli
+
+    base = [
+        "flywheel",
+        str(tmp_path / "r.db"),
+        "--task",
+        str(TINY_TASK),
+        "--output",
+        str(tmp_path / "o"),
+        "--no-ood",
+    ]
+    code, _out, err = run_cli(
+        capsys, *base, "--candidate", "a", "--current", "b", "--pipeline", str(tmp_path)
+    )
+    assert code == 2 and "not both" in err
+    code, _out, err = run_cli(capsys, *base, "--current", "b")
+    assert code == 2 and "--pipeline" in err and "Traceback" not in err
