@@ -50,7 +50,10 @@ class Loop:
         self.demo, self.work, self.max_tokens, self.concurrency = demo, work, max_tokens, concurrency
         self.task = demo / "task"
         self.student = demo / "runs" / "student-kd"
-        self.teacher = demo / "runs" / "teacher-lora"
+        self.teacher = usable_adapter(demo / "runs" / "teacher-lora", work / "demo-models")
+        self.retrain_sets = (
+            [] if self.teacher.parent.parent == demo else [f"{self.student.name}.teacher={self.teacher}"]
+        )
         self.times: dict[str, float] = {}
         self.commands: list[str] = []
 
@@ -160,6 +163,32 @@ class Server:
         self.log.close()
 
 
+def usable_adapter(run: Path, work: Path) -> Path:
+    """``run`` itself, or a copy whose adapter names a base that exists.
+
+    A LoRA run records its base model's path. A demo run with a temporary ``DISTILLTUNE_HOME``
+    (``benchmarks/demo.py`` measures a first run that way) records a path that is gone afterwards;
+    the copy names the base the run's config.yaml asked for instead (the built-in teacher).
+    """
+    cfg_path = run / "adapter" / "adapter_config.json"
+    if not cfg_path.is_file():
+        return run
+    cfg = json.loads(cfg_path.read_text())
+    if Path(cfg["base_model_name_or_path"]).exists() or "/" not in cfg["base_model_name_or_path"]:
+        return run
+    base = next(
+        x.split(":", 1)[1].strip()
+        for x in (run / "config.yaml").read_text().splitlines()
+        if x.startswith("model:")
+    )
+    copy = work / run.name
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("checkpoints"))
+    cfg["base_model_name_or_path"] = base
+    (copy / "adapter" / "adapter_config.json").write_text(json.dumps(cfg, indent=2))
+    print(f"note: {run}'s adapter names a base that no longer exists; using a copy on {base!r}: {copy}")
+    return copy
+
+
 def review(path: Path, sent: list[dict]) -> tuple[Path, Counter]:
     """The scripted reviewer: corrections accepted, mobile-app items answered from the fact sheet,
     in-distribution items accepted when the teacher's answer passed its filters, the rest rejected."""
@@ -258,8 +287,9 @@ def main() -> None:
     base = [work / "requests.db", "--task", loop.task, "--output", rev]
     loop.cli("label", "flywheel", *base, "--teacher", loop.teacher, "--max-new-tokens", "64")
     decisions, facts["review"] = review(rev / "review.jsonl", drifted)
+    sets = [x for s in loop.retrain_sets for x in ("--set", s)]
     code = loop.cli("retrain+gate", "flywheel", *base, "--decisions", decisions, "--pipeline", loop.student,
-                    "--current", loop.student, "--max-new-tokens", str(args.max_tokens), ok=(0, 1))  # fmt: skip
+                    *sets, "--current", loop.student, "--max-new-tokens", str(args.max_tokens), ok=(0, 1))  # fmt: skip
     state = json.loads((rev / "state.json").read_text())
     facts["flywheel"], facts["gate_exit"] = state, code
 
