@@ -122,18 +122,28 @@ def run_flywheel(
     state["merge"] = {k: v for k, v in m.items() if k != "unchanged"}  # state.json: same on a re-run
     log(f"merge: v{m['version']}: {m['merged_train']} train + {m['heldout']} held-out items, "
         f"{len(m['refused'])} refused{' (unchanged)' if m['unchanged'] else ''} -> {m['task_dir']}")  # fmt: skip
+    state["status"] = _retrain_and_gate(state, m, task.root, out, settings, candidate, current,
+                                        pipeline, pipeline_overrides or [], reporter, log)  # fmt: skip
+    return _save(out, state)
+
+
+def _retrain_and_gate(
+    state: dict, m: dict, task_root: Path, out: Path, settings: FlywheelSettings, candidate: str | None,
+    current: str | None, pipeline: str | Path | None, overrides: list[str], reporter,
+    log: Callable[[str], None],
+) -> str:  # fmt: skip
+    """After the merge: retrain (``pipeline``), then gate ``candidate`` against ``current``; the status."""
     if pipeline is not None:
-        state["retrain"] = retrain(pipeline, pipeline_overrides or [], m, out, reporter, log)
+        if not m["merged_train"]:  # the same training data again cannot do better on the failures
+            return "merged: no new training conversations (every accepted item is held out or refused)"
+        state["retrain"] = retrain(pipeline, overrides, m, out, reporter, log)
         candidate = state["retrain"]["candidate"]
     if candidate is None:
-        state["status"] = "merged: retrain on the new version (--pipeline), then gate with --current"
-        return _save(out, state)
+        return "merged: retrain on the new version (--pipeline), then gate with --current"
     if current is None:
-        state["status"] = "retrained: gate the candidate with --current"
-        return _save(out, state)
-    state["gate"] = run_gate(candidate, current, task.root, Path(m["failures_dir"]), out, settings, log)
-    state["status"] = "promote" if state["gate"]["promote"] else "keep current"
-    return _save(out, state)
+        return "retrained: gate the candidate with --current"
+    state["gate"] = run_gate(candidate, current, task_root, Path(m["failures_dir"]), out, settings, log)
+    return "promote" if state["gate"]["promote"] else "keep current"
 
 
 def _save(out: Path, state: dict) -> dict:
