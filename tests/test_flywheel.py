@@ -382,3 +382,25 @@ def test_cli_rejects_contradictory_gate_options(tmp_path, capsys):
     assert code == 2 and "not both" in err
     code, _out, err = run_cli(capsys, *base, "--current", "b")
     assert code == 2 and "--pipeline" in err and "Traceback" not in err
+
+
+def test_nothing_is_retrained_when_the_merge_adds_no_training_conversation(log_db, tmp_path):
+    from distilltune.flywheel import run_flywheel
+    from distilltune.io import append_jsonl
+
+    out = tmp_path / "review"
+    settings = FlywheelSettings(heldout_share=0.0)
+    items = _harvest(log_db, heldout_share=0.0)
+    for rec in _labels(items).values():
+        append_jsonl(out / "labels.jsonl", rec)
+    s = run_flywheel(log_db, TINY_TASK, out, settings=settings)
+    assert s["status"] == "waiting for review" and s["label"]["missing"] == 0
+    reject = [{"id": r["id"], "decision": "reject"} for r in read_review(out / "review.jsonl")]
+    (tmp_path / "d.json").write_text(json.dumps({"decisions": reject}))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({"task": str(TINY_TASK), "model": "m"}))
+    s = run_flywheel(log_db, TINY_TASK, out, decisions=tmp_path / "d.json", settings=settings,
+                     pipeline=run, current="m")  # fmt: skip
+    assert s["merge"]["merged_train"] == 0 and s["status"].startswith("merged: no new training")
+    assert "retrain" not in s and not (out / "retrain").exists() and "gate" not in s
