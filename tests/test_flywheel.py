@@ -404,3 +404,23 @@ def test_nothing_is_retrained_when_the_merge_adds_no_training_conversation(log_d
                      pipeline=run, current="m")  # fmt: skip
     assert s["merge"]["merged_train"] == 0 and s["status"].startswith("merged: no new training")
     assert "retrain" not in s and not (out / "retrain").exists() and "gate" not in s
+
+
+def test_retrain_carries_an_older_runs_recorded_kd_keys_to_their_new_place(tmp_path):
+    from distilltune.distill.config import DistillConfig
+    from distilltune.flywheel.retrain import resolve_recipe
+
+    run = tmp_path / "old-run"
+    run.mkdir()
+    old = {"task": "/t", "teacher": "/te", "student": "teacher:n_layers=2", "output": "/o", "loss": "rkl",
+           "alpha": 0.3, "cache": {"k": 16, "dir": None}}  # fmt: skip
+    (run / "config.yaml").write_text(yaml.safe_dump(old))
+    data = resolve_recipe(run, tmp_path)
+    body = data["steps"][0]["distill"]
+    assert body["kd"] == {"loss": "rkl", "alpha": 0.3, "top_k": 16} and body["cache"] == {"dir": None}
+    assert "loss" not in body and "cache.k -> kd.top_k" in data["description"]
+    cfg = DistillConfig.model_validate({**body, "task": "/new", "output": "/o"})
+    assert (cfg.kd.loss, cfg.kd.alpha, cfg.kd.top_k) == ("rkl", 0.3, 16)
+    (run / "config.yaml").write_text(yaml.safe_dump({**old, "kd": {"loss": "fkl"}}))
+    with pytest.raises(UserError, match=r"loss .* and kd\.loss .* disagree"):
+        resolve_recipe(run, tmp_path)

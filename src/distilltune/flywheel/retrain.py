@@ -48,14 +48,50 @@ def _from_run_dir(run: Path) -> dict:
     if kind is None:
         raise UserError(f"{cfg_path}: neither a distill config (student:) nor a fine-tune config (model:)")
     body = {k: v for k, v in cfg.items() if k != "output"} | {"task": "${task}"}
+    moved = _migrate(body, _moved_keys(kind), cfg_path)
     name = _STEP.sub("-", run.resolve().name).strip("-") or "model"
     if not name[0].isalpha():
         name = f"run-{name}"
+    note = f"; keys of an older version moved: {', '.join(moved)}" if moved else ""
     return {
         "name": f"retrain-{name}",
-        "description": f"the recipe of {run}",
+        "description": f"the recipe of {run}{note}",
         "steps": [{"name": name, kind: body}],
     }
+
+
+def _moved_keys(kind: str) -> dict[str, str]:
+    if kind == "distill":
+        from distilltune.distill.config import DistillConfig as cls
+    else:
+        from distilltune.train.config import FinetuneConfig as cls
+    return getattr(cls, "MOVED_KEYS", {})
+
+
+def _migrate(body: dict, moved: dict[str, str], source: Path) -> list[str]:
+    """Move keys a run recorded under an older version's name to today's (``MOVED_KEYS``), in place.
+
+    A user's config with an old key is refused with its new place; a *recorded* config is what a run
+    did, so its values carry over unchanged, only their names change. Returns ``old -> new`` notes.
+    """
+    notes = []
+    for old, new in moved.items():
+        *path, leaf = old.split(".")
+        parent = body
+        for k in path:
+            parent = parent.get(k) if isinstance(parent, dict) else None
+        if not isinstance(parent, dict) or leaf not in parent:
+            continue
+        value = parent.pop(leaf)
+        *npath, nleaf = new.split(".")
+        node = body
+        for k in npath:
+            node = node.setdefault(k, {})
+        if nleaf in node and node[nleaf] != value:
+            raise UserError(f"{source}: {old} ({value!r}) and {new} ({node[nleaf]!r}) disagree")
+        node[nleaf] = value
+        notes.append(f"{old} -> {new}")
+    return notes
 
 
 def resolve_recipe(source: str | Path, task_dir: Path) -> dict:
