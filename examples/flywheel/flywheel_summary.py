@@ -103,7 +103,8 @@ def summarize(facts: dict) -> str:
         f"{r.get('edit', 0)} edited, {r.get('reject', 0)} rejected",
         f"- merge: task-v{m['version']} with {m['merged_train']} new training conversations, "
         f"{m['heldout']} held-out failures; refused: {refused or 'none'}",
-        f"- retrain: the student's own recipe ({rt.get('source', 'n/a')}) on task-v{m['version']}, "
+        f"- retrain: the student's own recipe ({rt.get('source', 'n/a')}) on task-v{m['version']}"
+        f"{', overrides: ' + ', '.join(rt['overrides']) if rt.get('overrides') else ''}, "
         f"{facts['stage_seconds'].get('retrain+gate', 0):.0f} s with the gate",
         *_gate_lines(state, facts["gate_exit"]),
         *_ab_lines(facts["ab"]),

@@ -239,6 +239,10 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=48, help="answer cap, as the demo's evaluation")
     ap.add_argument("--concurrency", type=int, default=4, help="requests in flight during a replay")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--retrain-set", action="append", default=[], metavar="KEY=VALUE",
+        help="override in the retraining recipe, passed to flywheel --set (e.g. student-kd.train.max_steps=20)",
+    )  # fmt: skip
     args = ap.parse_args()
     demo, work = args.demo.resolve(), args.work.resolve()
     for need in ("task/task.yaml", "runs/student-kd/config.yaml", "runs/teacher-lora"):
@@ -287,7 +291,7 @@ def main() -> None:
     base = [work / "requests.db", "--task", loop.task, "--output", rev]
     loop.cli("label", "flywheel", *base, "--teacher", loop.teacher, "--max-new-tokens", "64")
     decisions, facts["review"] = review(rev / "review.jsonl", drifted)
-    sets = [x for s in loop.retrain_sets for x in ("--set", s)]
+    sets = [x for s in loop.retrain_sets + args.retrain_set for x in ("--set", s)]
     code = loop.cli("retrain+gate", "flywheel", *base, "--decisions", decisions, "--pipeline", loop.student,
                     *sets, "--current", loop.student, "--max-new-tokens", str(args.max_tokens), ok=(0, 1))  # fmt: skip
     state = json.loads((rev / "state.json").read_text())
