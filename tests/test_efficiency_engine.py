@@ -160,3 +160,31 @@ def test_concurrency_comes_from_the_task_card_unless_overridden(tmp_path, tiny_t
 
     with pytest.raises(UserError, match="concurrency"):
         load_task(tiny_task)
+
+
+def test_compare_passes_its_concurrency_override_to_every_evaluation(tmp_path, tiny_task):
+    from distilltune.compare.config import CompareConfig
+    from distilltune.compare.recipes import evaluate_config
+
+    cfg = CompareConfig(task=str(tiny_task), output=str(tmp_path / "c"), budgets={"concurrency": 3})
+    ev = evaluate_config(cfg, tiny_task, tmp_path / "c", "teacher", refs=lambda name: "m")
+    assert ev.efficiency.concurrency == 3
+    plain = evaluate_config(
+        CompareConfig(task=str(tiny_task), output=str(tmp_path / "c")),
+        tiny_task,
+        tmp_path,
+        "teacher",
+        refs=str,
+    )
+    assert plain.efficiency.concurrency is None  # the task card's budgets.concurrency then applies
+
+
+def test_compare_cli_budget_concurrency_reaches_the_config(capsys, tiny_task, tmp_path):
+    from cli_run import run_cli
+
+    code, out, err = run_cli(
+        capsys, "compare", "--task", str(tiny_task), "--output", str(tmp_path / "c"),
+        "--budget.concurrency", "4", "--print-config",
+    )  # fmt: skip
+    assert code == 0, err
+    assert yaml.safe_load(out)["budgets"]["concurrency"] == 4

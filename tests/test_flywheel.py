@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import yaml
 
 from conftest import TINY_TASK
 from distilltune.errors import UserError
@@ -299,3 +300,127 @@ def test_merge_leaves_nothing_behind_when_the_new_version_is_invalid(tmp_path):
     with pytest.raises(UserError, match="invalid task"):
         merge([bad], task, guard, tmp_path / "out", overlap=0.8)
     assert not (tmp_path / "out" / "task-v2").exists()
+
+
+# -- retrain: the recipe of the current model, on the new version (training itself: test_flywheel_loop.py)
+
+
+def _merged(tmp_path: Path) -> dict:
+    new = tmp_path / "review" / "task-v2"
+    shutil.copytree(TINY_TASK, new)
+    return {"task_dir": str(new), "version": 2, "digest": "d1"}
+
+
+def test_retrain_recipe_from_a_run_dir_swaps_only_the_task(tmp_path):
+    from distilltune.distill.pipeline import load_pipeline
+    from distilltune.flywheel.retrain import resolve_recipe
+
+    merged = _merged(tmp_path)
+    runs = {
+        "student-kd": {"task": "/old/task", "teacher": "/runs/teacher", "student": "teacher:n_layers=2",
+                       "output": "/runs/student-kd", "train": {"max_steps": 40}},
+        "7-ft": {"task": "/old/task", "model": "/base", "output": "/runs/7-ft", "method": "lora"},
+    }  # fmt: skip
+    for name, cfg in runs.items():
+        run = tmp_path / name
+        run.mkdir()
+        (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+        data = resolve_recipe(run, Path(merged["task_dir"]))
+        (step,) = data["steps"]
+        kind = "distill" if "student" in cfg else "finetune"
+        body = step[kind]
+        assert body == {**{k: v for k, v in cfg.items() if k != "output"}, "task": "${task}"}
+        assert data["vars"]["task"] == str(Path(merged["task_dir"]).resolve())
+        assert step["name"] == ("student-kd" if name == "student-kd" else "run-7-ft")
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(data))
+        pipe = load_pipeline(path)  # the written recipe is a valid pipeline, on the new version
+        assert (
+            pipe.steps[0].kind == kind
+            and Path(pipe.steps[0].config.task) == Path(merged["task_dir"]).resolve()
+        )
+
+
+def test_retrain_refuses_a_pipeline_that_would_train_on_the_old_task(tmp_path):
+    from distilltune.flywheel.retrain import retrain
+
+    merged = _merged(tmp_path)
+    pipe = {"name": "p", "vars": {"task": "somewhere"}, "steps": [
+        {"name": "ok", "finetune": {"task": "${task}", "model": "m"}},
+        {"name": "stale", "finetune": {"task": str(TINY_TASK), "model": "m"}},
+    ]}  # fmt: skip
+    path = tmp_path / "pipe.yaml"
+    path.write_text(yaml.safe_dump(pipe))
+    with pytest.raises(UserError, match=r"step 'stale' trains on .*write task: \$\{task\}"):
+        retrain(path, [], merged, tmp_path / "review")
+    with pytest.raises(UserError, match="not found"):
+        retrain(tmp_path / "nope.yaml", [], merged, tmp_path / "review")
+    with pytest.raises(UserError, match="not a training run"):
+        retrain(tmp_path, [], merged, tmp_path / "review")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"steps": [{"name": "x", "finetune": {"task": "${task}", "model": "m",
+                                                                        "train": {"max_steps": "many"}}}]}))  # fmt: skip
+    with pytest.raises(UserError, match="invalid pipeline"):
+        retrain(bad, [], merged, tmp_path / "review")
+
+
+def test_cli_rejects_contradictory_gate_options(tmp_path, capsys):
+    from cli_run import run_cli
+
+    base = [
+        "flywheel",
+        str(tmp_path / "r.db"),
+        "--task",
+        str(TINY_TASK),
+        "--output",
+        str(tmp_path / "o"),
+        "--no-ood",
+    ]
+    code, _out, err = run_cli(
+        capsys, *base, "--candidate", "a", "--current", "b", "--pipeline", str(tmp_path)
+    )
+    assert code == 2 and "not both" in err
+    code, _out, err = run_cli(capsys, *base, "--current", "b")
+    assert code == 2 and "--pipeline" in err and "Traceback" not in err
+
+
+def test_nothing_is_retrained_when_the_merge_adds_no_training_conversation(log_db, tmp_path):
+    from distilltune.flywheel import run_flywheel
+    from distilltune.io import append_jsonl
+
+    out = tmp_path / "review"
+    settings = FlywheelSettings(heldout_share=0.0)
+    items = _harvest(log_db, heldout_share=0.0)
+    for rec in _labels(items).values():
+        append_jsonl(out / "labels.jsonl", rec)
+    s = run_flywheel(log_db, TINY_TASK, out, settings=settings)
+    assert s["status"] == "waiting for review" and s["label"]["missing"] == 0
+    reject = [{"id": r["id"], "decision": "reject"} for r in read_review(out / "review.jsonl")]
+    (tmp_path / "d.json").write_text(json.dumps({"decisions": reject}))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({"task": str(TINY_TASK), "model": "m"}))
+    s = run_flywheel(log_db, TINY_TASK, out, decisions=tmp_path / "d.json", settings=settings,
+                     pipeline=run, current="m")  # fmt: skip
+    assert s["merge"]["merged_train"] == 0 and s["status"].startswith("merged: no new training")
+    assert "retrain" not in s and not (out / "retrain").exists() and "gate" not in s
+
+
+def test_retrain_carries_an_older_runs_recorded_kd_keys_to_their_new_place(tmp_path):
+    from distilltune.distill.config import DistillConfig
+    from distilltune.flywheel.retrain import resolve_recipe
+
+    run = tmp_path / "old-run"
+    run.mkdir()
+    old = {"task": "/t", "teacher": "/te", "student": "teacher:n_layers=2", "output": "/o", "loss": "rkl",
+           "alpha": 0.3, "cache": {"k": 16, "dir": None}}  # fmt: skip
+    (run / "config.yaml").write_text(yaml.safe_dump(old))
+    data = resolve_recipe(run, tmp_path)
+    body = data["steps"][0]["distill"]
+    assert body["kd"] == {"loss": "rkl", "alpha": 0.3, "top_k": 16} and body["cache"] == {"dir": None}
+    assert "loss" not in body and "cache.k -> kd.top_k" in data["description"]
+    cfg = DistillConfig.model_validate({**body, "task": "/new", "output": "/o"})
+    assert (cfg.kd.loss, cfg.kd.alpha, cfg.kd.top_k) == ("rkl", 0.3, 16)
+    (run / "config.yaml").write_text(yaml.safe_dump({**old, "kd": {"loss": "fkl"}}))
+    with pytest.raises(UserError, match=r"loss .* and kd\.loss .* disagree"):
+        resolve_recipe(run, tmp_path)

@@ -28,6 +28,17 @@ def register(app: typer.Typer) -> None:
         ),
         candidate: str = typer.Option(None, "--candidate", help="Retrained model to gate (needs --current)."),
         current: str = typer.Option(None, "--current", help="The model serving now."),
+        pipeline: Path = typer.Option(
+            None,
+            "--pipeline",
+            help="Retrain after merging: a pipeline file (its ${task} becomes the new version) or the "
+            "current model's run directory (its config.yaml, task swapped); the result is the gate's candidate.",
+        ),
+        pipeline_set: list[str] = typer.Option(
+            None,
+            "--set",
+            help="Override in the retraining pipeline, as for distilltune run: STEP.train.max_steps=20.",
+        ),
         min_confidence: float = typer.Option(-1.5, help="Harvest student answers below this mean log-prob."),
         heldout: float = typer.Option(0.3, help="Share of items kept back for the gate's failures set."),
         max_items: int = typer.Option(500, help="Harvest at most this many distinct questions."),
@@ -44,6 +55,12 @@ def register(app: typer.Typer) -> None:
         Exit status: 0, or 1 when the gate ran and keeps the current model; 2 on bad input.
         """
         from pydantic import ValidationError
+
+        if pipeline is not None:
+            from distilltune.runtime import ensure_fast_allocator, set_threads
+
+            ensure_fast_allocator(quiet=True)  # training: re-exec once with the tuned malloc
+            set_threads()
 
         from distilltune.errors import UserError
         from distilltune.flywheel import FlywheelSettings, run_flywheel
@@ -70,6 +87,7 @@ def register(app: typer.Typer) -> None:
             db, task, output, teacher=teacher, decisions=decisions, merge_now=merge_now,
             candidate=candidate, current=current, settings=settings, embedder=embedder,
             log=lambda m: console.print(f"[flywheel] {m}", markup=False, highlight=False),
+            pipeline=pipeline, pipeline_overrides=pipeline_set or [],
         )  # fmt: skip
         out.print(f"status: {state['status']}", markup=False, highlight=False)
         if "gate" in state:

@@ -287,7 +287,6 @@ def render_markdown(report: dict) -> str:
             for r in v["rows"]
         ],
     )  # fmt: skip
-    lines += ["", _md(v["latency_note"])]
     errors = [r for r in v["rows"] if r["error"]]
     if errors:
         lines += ["", "Failed strategies:", ""] + [f"- {_md(r['name'])}: {_md(r['error'])}" for r in errors]
@@ -309,6 +308,7 @@ def render_markdown(report: dict) -> str:
         [[r["name"], r["params"], r["size"], r["load"], r["p50"], r["p95"], r["p95_ci"], r["prefill"], r["decode"],
           r["memory"], r["steps"], r["tokens"], r["train_time"], r["cost"]] for r in v["rows"]],
     )  # fmt: skip
+    lines += ["", _md(v["latency_note"])]
     if v["any_failures"]:
         lines += ["", "## Behaviour failures", ""]
         lines += _table(
@@ -318,6 +318,13 @@ def render_markdown(report: dict) -> str:
         for r in v["rows"]:
             if r["failures_hidden"]:
                 lines.append(f"\n{_md(r['name'])}: {r['failures_hidden']} more failures in report.json.")
+    lines += _markdown_tail(v)
+    return "\n".join(lines)
+
+
+def _markdown_tail(v: dict) -> list[str]:
+    """The report's last sections: the commands that reproduce it, and the statistical method."""
+    lines: list[str] = []
     lines += ["", "## Reproduce", ""]
     for label, cmd in v["commands"]:
         lines += [f"{_md(label)}:", "", *_code(cmd), ""]
@@ -335,4 +342,4 @@ def render_markdown(report: dict) -> str:
         f"contains 0, or whose McNemar p ≥ {st['alpha']}, is a tie.",
         "",
     ]
-    return "\n".join(lines)
+    return lines

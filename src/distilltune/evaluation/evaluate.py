@@ -149,24 +149,8 @@ def _measure_efficiency(cfg: EvaluateConfig, task, log: Callable[[str], None]) -
     return probe
 
 
-def evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = _stderr) -> dict:
-    """Evaluate ``cfg.model`` on ``cfg.task``; write eval.json, items.jsonl, config; return the results."""
-    from distilltune.evaluation.subject import TorchSubject, open_subject
-    from distilltune.runtime import set_threads
-    from distilltune.task import load_task
-
-    started = time.perf_counter()
-    out = Path(cfg.output)
-    _check_output_dir(out)
-    task = load_task(cfg.task)
-    rag = cfg.retrieval.enabled and bool(task.knowledge)
-    if cfg.backend == "torch":
-        _check_ref(cfg.model, "model")
-    use_teacher = bool(cfg.teacher and cfg.teacher_agreement)
-    if cfg.teacher:
-        _check_ref(cfg.teacher, "teacher")
-    set_threads()
-
+def _inputs(cfg: EvaluateConfig, task) -> tuple[list, list[str], dict]:
+    """The eval items (first ``limit``), their ids (unique, else an error) and the behaviour suites."""
     items = task.eval[: cfg.limit] if cfg.limit else list(task.eval)
     ids = [item_id(c, i) for i, c in enumerate(items)]
     dup = sorted({i for i in ids if ids.count(i) > 1})
@@ -174,14 +158,17 @@ def evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = _stderr) -> dict:
         raise UserError(f"{task.root}: eval item ids must be unique; repeated: {', '.join(dup)}")
     suites = {"scenarios": task.scenarios, "adversarial": task.adversarial} if cfg.behaviour else {}
     suites = {k: (v[: cfg.limit] if cfg.limit else list(v)) for k, v in suites.items() if v}
+    return items, ids, suites
+
+
+def _answer_with_model(cfg: EvaluateConfig, task, items, suites, log) -> dict:
+    """Load the model in its backend, answer every item and case, score the reference answers' NLL,
+    then let it go (``evaluation.subject``: torch, or a deployed file in its runtime)."""
+    from distilltune.evaluation.subject import open_subject
 
     subject = open_subject(cfg)
     log(f"loaded {cfg.model} ({subject.line})")
     pipe = build_pipeline(task, subject.tokenizer, cfg.retrieval, cfg.guard, cfg.max_prompt_tokens)
-
-    def redact(text: str) -> str:
-        return pipe.guard.check_input(text).redacted_text if pipe.guard is not None else text
-
     convs = [[m.model_dump() for m in c.prompt_messages] for c in items]
     answers = _answer_all(subject, pipe, convs, cfg, log, "eval items")
     case_answers = {
@@ -199,27 +186,46 @@ def evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = _stderr) -> dict:
     log(
         f"reference-answer NLL of {sum(x is not None for x in nll)} items in {time.perf_counter() - t0:.1f} s"
     )
-    params = subject.params
     size_bytes, size_kind = subject.size(cfg)
-    artifact = str(getattr(subject, "artifact", "")) or None
+    eff = {"params": subject.params, "size_bytes": size_bytes, "size_kind": size_kind, "backend": cfg.backend}
+    if getattr(subject, "artifact", None) is not None:
+        eff["artifact"] = str(subject.artifact)
     subject.close()
     del subject
     gc.collect()
+    return {
+        "guard": pipe.guard,
+        "convs": convs,
+        "answers": answers,
+        "cases": case_answers,
+        "nll": nll,
+        "eff": eff,
+    }
 
-    teacher_answers = None
-    if use_teacher:
-        t0 = time.perf_counter()
-        tcfg = cfg.model_copy(update={"model": cfg.teacher, "teacher": None})
-        teacher = TorchSubject(tcfg)  # the reference answers: the teacher as trained, in torch
-        log(f"loaded teacher {cfg.teacher} in {time.perf_counter() - t0:.1f} s")
-        tpipe = build_pipeline(task, teacher.tokenizer, cfg.retrieval, cfg.guard, cfg.max_prompt_tokens)
-        teacher_answers = _answer_all(teacher, tpipe, convs, tcfg, log, "teacher answers")
-        del teacher, tpipe
-        gc.collect()
 
+def _teacher_answers(cfg: EvaluateConfig, task, convs, log) -> list | None:
+    """The teacher's answers to the eval items (for teacher agreement), or None without one. The
+    teacher is the reference as trained: it answers with torch whatever the evaluated backend."""
+    from distilltune.evaluation.subject import TorchSubject
+
+    if not (cfg.teacher and cfg.teacher_agreement):
+        return None
+    t0 = time.perf_counter()
+    tcfg = cfg.model_copy(update={"model": cfg.teacher, "teacher": None})
+    teacher = TorchSubject(tcfg)
+    log(f"loaded teacher {cfg.teacher} in {time.perf_counter() - t0:.1f} s")
+    tpipe = build_pipeline(task, teacher.tokenizer, cfg.retrieval, cfg.guard, cfg.max_prompt_tokens)
+    answers = _answer_all(teacher, tpipe, convs, tcfg, log, "teacher answers")
+    del teacher, tpipe
+    gc.collect()
+    return answers
+
+
+def _score_items(task, items, ids, run: dict, teacher_answers, rag: bool, redact) -> tuple:
+    """Per-item quality and groundedness, and the items' redacted records."""
     refusal = task.policy.refusal_message
     per_item, records, ground = [], [], []
-    for i, (conv, a) in enumerate(zip(items, answers, strict=True)):
+    for i, (conv, a) in enumerate(zip(items, run["answers"], strict=True)):
         t_text = teacher_answers[i].text if teacher_answers else None
         q = quality.score_item(a.text, conv.answer, conv.facts, refusal, t_text)
         # Facts come from the user's data: saved files get them redacted like every other text.
@@ -230,25 +236,30 @@ def evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = _stderr) -> dict:
             a.text, conv.facts, conv.sources, a.hits, task.knowledge, q["refused"], retrieved
         )
         ground.append(g)
-        q["answer_nll"] = nll[i]
-        row = {"id": ids[i], **q, "route": a.route, "groundedness": g["grounded"]}
-        per_item.append(row)
-        rec = {
-            "suite": "eval",
-            "id": ids[i],
-            "prompt": a.loggable_conversation(),
-            "reference": redact(conv.answer),
-            "answer": a.text,
-            **({"teacher_answer": t_text} if t_text is not None else {}),
-            "facts": [redact(f) for f in conv.facts],
-            "sources": conv.sources,
-            **q,
-            "grounding": g,
-            **_guard_fields(a),
-        }
-        records.append(rec)
+        q["answer_nll"] = run["nll"][i]
+        per_item.append({"id": ids[i], **q, "route": a.route, "groundedness": g["grounded"]})
+        records.append(
+            {
+                "suite": "eval",
+                "id": ids[i],
+                "prompt": a.loggable_conversation(),
+                "reference": redact(conv.answer),
+                "answer": a.text,
+                **({"teacher_answer": t_text} if t_text is not None else {}),
+                "facts": [redact(f) for f in conv.facts],
+                "sources": conv.sources,
+                **q,
+                "grounding": g,
+                **_guard_fields(a),
+            }
+        )
+    return per_item, records, ground
 
-    behaviour_out: dict = {"failures": []}
+
+def _check_behaviour(suites: dict, case_answers: dict, refusal: str) -> tuple[dict, list[dict]]:
+    """Pass/fail of every behaviour case, summarised per suite, and the cases' records."""
+    out: dict = {"failures": []}
+    records = []
     for name, cases in suites.items():
         results = []
         for case, a in zip(cases, case_answers[name], strict=True):
@@ -266,17 +277,60 @@ def evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = _stderr) -> dict:
             records.append(rec)
             results.append({"id": case.id, "kind": case.kind, "pass": not reasons})
             if reasons:
-                behaviour_out["failures"].append(
+                out["failures"].append(
                     {"suite": name, "id": case.id, "kind": case.kind, "route": a.route, "reasons": reasons}
                 )
-        behaviour_out[name] = behaviour.summarize(results)
+        out[name] = behaviour.summarize(results)
+    return out, records
 
-    eff: dict = {"params": params, "size_bytes": size_bytes, "size_kind": size_kind, "backend": cfg.backend}
-    if artifact:
-        eff["artifact"] = artifact
+
+def _write(out: Path, cfg: EvaluateConfig, result: dict, records: list[dict]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(
+        out / "items.jsonl", "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records)
+    )
+    result["config_file"] = _write_config(out, cfg)
+    atomic_write_json(out / "eval.json", result)
+    append_jsonl(
+        out / "metrics.jsonl",
+        {
+            "event": "eval",
+            "model": cfg.model,
+            "primary": result["quality"]["primary"],
+            "n_items": len(result["per_item"]),
+            "time": result["created_at"],
+        },
+    )
+
+
+def evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = _stderr) -> dict:
+    """Evaluate ``cfg.model`` on ``cfg.task``; write eval.json, items.jsonl, config; return the results."""
+    from distilltune.runtime import set_threads
+    from distilltune.task import load_task
+
+    started = time.perf_counter()
+    out = Path(cfg.output)
+    _check_output_dir(out)
+    task = load_task(cfg.task)
+    rag = cfg.retrieval.enabled and bool(task.knowledge)
+    if cfg.backend == "torch":  # another backend's file is checked when its engine opens it
+        _check_ref(cfg.model, "model")
+    if cfg.teacher:
+        _check_ref(cfg.teacher, "teacher")
+    set_threads()
+    items, ids, suites = _inputs(cfg, task)
+    run = _answer_with_model(cfg, task, items, suites, log)
+    guard = run["guard"]
+
+    def redact(text: str) -> str:
+        return guard.check_input(text).redacted_text if guard is not None else text
+
+    teacher_answers = _teacher_answers(cfg, task, run["convs"], log)
+    per_item, records, ground = _score_items(task, items, ids, run, teacher_answers, rag, redact)
+    behaviour_out, case_records = _check_behaviour(suites, run["cases"], task.policy.refusal_message)
+    eff = run["eff"]
     if cfg.efficiency.enabled:
         eff.update(_measure_efficiency(cfg, task, log))
-
     result = {
         "schema_version": SCHEMA_VERSION,
         "model": cfg.model,
@@ -292,20 +346,5 @@ def evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = _stderr) -> dict:
         "efficiency": eff,
         "wall_s": time.perf_counter() - started,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(
-        out / "items.jsonl", "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records)
-    )
-    result["config_file"] = _write_config(out, cfg)
-    atomic_write_json(out / "eval.json", result)
-    append_jsonl(
-        out / "metrics.jsonl",
-        {
-            "event": "eval",
-            "model": cfg.model,
-            "primary": result["quality"]["primary"],
-            "n_items": len(per_item),
-            "time": result["created_at"],
-        },
-    )
+    _write(out, cfg, result, records + case_records)
     return result

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from distilltune.compare.stats import compare_items
 from distilltune.errors import UserError
-from distilltune.io import atomic_write_json
+from distilltune.io import atomic_write_text
 
 FAILURE_SCORE = "token_f1"
 
@@ -125,5 +125,8 @@ def run_gate(
         "promote": promote,
         "why": why,
     }
-    atomic_write_json(out / "gate.json", result)
+    text = json.dumps(result, indent=2, ensure_ascii=False) + "\n"
+    path = out / "gate.json"
+    if not (path.is_file() and path.read_text(encoding="utf-8") == text):  # a re-run rewrites nothing
+        atomic_write_text(path, text)
     return result

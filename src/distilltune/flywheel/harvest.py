@@ -165,11 +165,12 @@ def _latest(row: dict, conv: list[dict], redact) -> dict:
 def _mark_ood(items: list[dict], task, embedder, settings: FlywheelSettings) -> None:
     """Add ``out_of_distribution`` to items whose question is farther than training's own threshold."""
     from distilltune.monitor import drift
+    from distilltune.monitor.run import embed_cached
 
     train = [c.question for c in task.train if c.question]
     if len(train) < 2 or not items:
         return
-    ref = np.asarray(embedder.encode(train), dtype=np.float32)
+    ref = embed_cached(embedder, train)  # the same cache monitor uses: every flywheel call re-harvests
     threshold = drift.ood_threshold(ref, task.spec.monitoring.ood_quantile)
     vecs = np.asarray(embedder.encode([it["question"] for it in items]), dtype=np.float32)
     for it, d in zip(items, drift.nearest_distances(vecs, ref), strict=True):

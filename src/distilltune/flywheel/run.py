@@ -7,13 +7,14 @@ Every call advances as far as it can and stops where a person or a model is need
 3. review → ``review.jsonl`` and ``review.html`` (decisions already made are kept; ``decisions``
    imports what the page exported);
 4. merge, once every item is decided (or when asked explicitly) → ``task-v<N>/`` and ``failures/``;
-5. retraining is ``distilltune run PIPELINE vars.task=REVIEW_DIR/task-v<N>`` (the pipeline that made
-   the current model); then
-6. gate (``candidate`` and ``current``) → ``gate.json``.
+5. retrain (``pipeline``: a pipeline file, or the current model's run directory) → the recipe that
+   made the current model, trained on the new version under ``retrain/`` (``flywheel/retrain.py``);
+6. gate (``current`` and the retrained model, or an explicit ``candidate``) → ``gate.json``.
 
 Re-running a finished step changes nothing on disk: outputs are rewritten only when their content
-changes, labels are computed only for unlabelled items, merge compares a digest of its inputs, the
-gate re-uses cached evaluations. ``state.json`` records what the last call did.
+changes, labels are computed only for unlabelled items, merge compares a digest of its inputs, a
+finished retrain is skipped (the orchestrator of ``distilltune run``), the gate re-uses cached
+evaluations. ``state.json`` records what the last call did.
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ from distilltune.flywheel.harvest import harvest, read_rows
 from distilltune.flywheel.label import label_items, read_labels
 from distilltune.flywheel.merge import check_out_dir, load_merged, merge
 from distilltune.flywheel.page import render_page
+from distilltune.flywheel.retrain import retrain
 from distilltune.flywheel.review import apply_decisions, read_review, review_item, write_review
 from distilltune.io import atomic_write_text
 
-STAGES = ("harvest", "label", "review", "merge", "gate")
+STAGES = ("harvest", "label", "review", "merge", "retrain", "gate")
 
 
 def write_if_changed(path: Path, text: str) -> bool:
@@ -59,6 +61,9 @@ def run_flywheel(
     embedder=None,
     retrieval=None,
     log: Callable[[str], None] = lambda m: None,
+    pipeline: str | Path | None = None,
+    pipeline_overrides: list[str] | None = None,
+    reporter=None,
 ) -> dict:
     """Advance the flywheel in ``output`` as far as the inputs allow; returns the state (also ``state.json``)."""
     from distilltune.policy import Guard
@@ -68,8 +73,12 @@ def run_flywheel(
     settings = settings or FlywheelSettings()
     out = Path(output)
     check_out_dir(out)
-    if (candidate is None) != (current is None):
-        raise UserError("the gate needs both --candidate and --current")
+    if candidate is not None and current is None:
+        raise UserError("the gate needs --current (the model serving now) next to --candidate")
+    if candidate is not None and pipeline is not None:
+        raise UserError("give --candidate (a model already retrained) or --pipeline (retrain now), not both")
+    if current is not None and candidate is None and pipeline is None:
+        raise UserError("--current needs a model to gate: --candidate MODEL or --pipeline to retrain one")
     task = load_task(task_dir)
     guard = Guard.for_task(task)
 
@@ -113,12 +122,28 @@ def run_flywheel(
     state["merge"] = {k: v for k, v in m.items() if k != "unchanged"}  # state.json: same on a re-run
     log(f"merge: v{m['version']}: {m['merged_train']} train + {m['heldout']} held-out items, "
         f"{len(m['refused'])} refused{' (unchanged)' if m['unchanged'] else ''} -> {m['task_dir']}")  # fmt: skip
-    if candidate is None:
-        state["status"] = "merged: retrain on the new version, then gate with --candidate/--current"
-        return _save(out, state)
-    state["gate"] = run_gate(candidate, current, task.root, Path(m["failures_dir"]), out, settings, log)
-    state["status"] = "promote" if state["gate"]["promote"] else "keep current"
+    state["status"] = _retrain_and_gate(state, m, task.root, out, settings, candidate, current,
+                                        pipeline, pipeline_overrides or [], reporter, log)  # fmt: skip
     return _save(out, state)
+
+
+def _retrain_and_gate(
+    state: dict, m: dict, task_root: Path, out: Path, settings: FlywheelSettings, candidate: str | None,
+    current: str | None, pipeline: str | Path | None, overrides: list[str], reporter,
+    log: Callable[[str], None],
+) -> str:  # fmt: skip
+    """After the merge: retrain (``pipeline``), then gate ``candidate`` against ``current``; the status."""
+    if pipeline is not None:
+        if not m["merged_train"]:  # the same training data again cannot do better on the failures
+            return "merged: no new training conversations (every accepted item is held out or refused)"
+        state["retrain"] = retrain(pipeline, overrides, m, out, reporter, log)
+        candidate = state["retrain"]["candidate"]
+    if candidate is None:
+        return "merged: retrain on the new version (--pipeline), then gate with --current"
+    if current is None:
+        return "retrained: gate the candidate with --current"
+    state["gate"] = run_gate(candidate, current, task_root, Path(m["failures_dir"]), out, settings, log)
+    return "promote" if state["gate"]["promote"] else "keep current"
 
 
 def _save(out: Path, state: dict) -> dict:

@@ -33,6 +33,7 @@ from distilltune.compare.stats import bootstrap_mean_ci, mcnemar, paired_bootstr
 from distilltune.errors import UserError
 from distilltune.evaluation.metrics import token_f1
 from distilltune.monitor import abstats
+from distilltune.monitor.logread import open_log
 from distilltune.text import normalize
 
 ANSWERED = ("student", "fallback")
@@ -97,18 +98,10 @@ def is_down(rating) -> bool:
 
 def read_arms(path: Path) -> tuple[list[Row], bool]:
     """Rows with an arm, oldest first, and whether the log has a feedback table."""
-    if not path.is_file():
-        raise UserError(f"{path}: request log not found")
+    con = open_log(path, ("id", "ts", "route"))  # clear errors for a missing or foreign file
     try:
-        con = sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True, timeout=30)
         tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        cols = {r[1] for r in con.execute("PRAGMA table_info(requests)")} if "requests" in tables else set()
-    except sqlite3.DatabaseError as e:
-        raise UserError(f"{path}: not a distilltune request log (SQLite says: {e})") from None
-    try:
-        if not cols:
-            raise UserError(f"{path}: not a distilltune request log (it has no 'requests' table)")
-        if "arm" not in cols:
+        if "arm" not in {r[1] for r in con.execute("PRAGMA table_info(requests)")}:
             raise UserError(f"{path}: no A/B arms in this log (it predates serve --candidate)")
         rows = [
             Row(str(r[0]), float(r[1]), *r[2:])

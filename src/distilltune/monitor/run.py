@@ -37,7 +37,7 @@ class TextEmbedder(Protocol):
     def encode(self, texts: list[str]) -> np.ndarray: ...
 
 
-def _embed_cached(embedder: TextEmbedder, texts: list[str]) -> np.ndarray:
+def embed_cached(embedder: TextEmbedder, texts: list[str]) -> np.ndarray:
     """Embed ``texts``, reusing a cached copy when the embedder has an ``identity`` (a model fingerprint)."""
     identity = getattr(embedder, "identity", None)
     if not isinstance(identity, str):
@@ -97,7 +97,7 @@ def _knowledge_reference(task, embedder, knowledge) -> dict | None:
     qs = [c.question for c in task.eval if c.question and not task.is_refusal(c)]
     if not qs:
         return None
-    scores = knowledge(qs, _embed_cached(embedder, qs))
+    scores = knowledge(qs, embed_cached(embedder, qs))
     return {"eval_min_score": float(scores.min()), "n_eval": len(qs), "score": "dense cosine similarity"}
 
 
@@ -146,7 +146,7 @@ def run_monitor(
         embedder, default_knowledge = index_scorer(task, embedding_model)
         knowledge = knowledge or default_knowledge
     t0 = time.perf_counter()
-    train = _embed_cached(embedder, train_qs)
+    train = embed_cached(embedder, train_qs)
     threshold = drift.ood_threshold(train, spec.ood_quantile)
     kref = _knowledge_reference(task, embedder, knowledge)
     log(f"reference: {len(train_qs)} training questions embedded in {time.perf_counter() - t0:.1f} s")

@@ -15,86 +15,40 @@ are ours, and error messages never echo request content or exception internals.
 With ``--candidate`` each request for MODEL's id gets an arm (``serve/ab.py``), named in the
 ``X-Distilltune-Arm`` header and the log.
 
-Each request writes one row to the request log and updates the metrics, whatever its outcome
-(status 499 when the client went away mid-stream).
+The chat completions route itself (pipeline events to JSON or SSE, one log row and the metrics per
+request whatever its outcome, status 499 when the client went away mid-stream) is ``serve/chat.py``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
-import time
-from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from distilltune.inference import ROUTE_REFUSED_INPUT, ROUTE_REFUSED_OUTPUT
 from distilltune.inference.backends import BACKENDS
 from distilltune.serve import feedback
 from distilltune.serve.ab import ABRouter
+from distilltune.serve.chat import ChatRoute, error_response
 from distilltune.serve.intake import (
     allowed_hosts,
-    check_access,
     check_api_key,
-    parse_request,
-    read_body,
 )
 from distilltune.serve.loading import ServerState
-from distilltune.serve.openai_types import APIError, chunk, completion, new_id
-from distilltune.serve.pipeline import Delta, End, RequestPipeline, Start
-from distilltune.serve.requestlog import LogRecord
+from distilltune.serve.openai_types import APIError
+from distilltune.serve.pipeline import RequestPipeline
 
 log = logging.getLogger("distilltune.serve")
-
-ROUTE_HEADER = "X-Distilltune-Route"
-CITATIONS_HEADER = "X-Distilltune-Citations"
-ARM_HEADER = "X-Distilltune-Arm"
-
-
-def _error_response(e: APIError, request_id: str | None = None) -> JSONResponse:
-    headers = dict(e.headers)
-    if request_id:
-        headers["X-Request-Id"] = request_id
-    return JSONResponse(e.body(), status_code=e.status, headers=headers)
-
-
-def _internal(e: Exception) -> APIError:
-    """An unexpected exception (a bug): logged by type only (its message may quote request text)."""
-    log.error("internal error while answering a request: %s", type(e).__name__)
-    return APIError(500, "internal server error", type="server_error", code="internal_error")
-
-
-def _citation_header(citations: list[dict]) -> str:
-    files = list(dict.fromkeys(c["file"] for c in citations if c.get("file")))
-    return ",".join(quote(f, safe="/._-") for f in files)
-
-
-async def _next(events: AsyncIterator, deadline: float, timeout_s: float):
-    """The next pipeline event, or a 504 when the request's deadline passes first."""
-    remaining = deadline - time.perf_counter()
-    try:
-        if remaining <= 0:
-            raise TimeoutError
-        return await asyncio.wait_for(anext(events), remaining)
-    except TimeoutError:
-        raise APIError(
-            504, f"the request did not finish within {timeout_s:g} s", type="timeout_error", code="timeout"
-        ) from None
 
 
 def create_app(state: ServerState, manage_lifecycle: bool = True) -> FastAPI:
     """The ASGI app; with ``manage_lifecycle`` the engines start and stop with the app."""
     pipeline = RequestPipeline(state)
     ab = ABRouter(state, pipeline)  # --candidate: A/B arms or shadow copies (serve/ab.py)
-    cfg = state.config
-    metrics = state.metrics
-    hosts = allowed_hosts(cfg)
+    hosts = allowed_hosts(state.config)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -118,49 +72,37 @@ def create_app(state: ServerState, manage_lifecycle: bool = True) -> FastAPI:
     feedback.register(app, state)  # POST /v1/feedback (serve/feedback.py)
     app.state.ab = ab
 
+    _add_error_handlers(app)
+    _add_info_routes(app, state)
+    app.post("/v1/chat/completions")(ChatRoute(state, pipeline, ab, hosts).handle)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error leaves in OpenAI's shape; an unexpected one is logged by type only."""
+
     @app.exception_handler(APIError)
     async def _api_error(_request: Request, e: APIError):
-        return _error_response(e)
+        return error_response(e)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, e: StarletteHTTPException):
         kind = "not_found" if e.status_code == 404 else "invalid_request"
-        return _error_response(APIError(e.status_code, str(e.detail), code=kind))
+        return error_response(APIError(e.status_code, str(e.detail), code=kind))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, e: RequestValidationError):
-        return _error_response(APIError(422, "invalid request", code="invalid_request"))
+        return error_response(APIError(422, "invalid request", code="invalid_request"))
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, e: Exception):
         log.error("internal error: %s", type(e).__name__)  # never the request content
-        return _error_response(APIError(500, "internal server error", type="server_error"))
+        return error_response(APIError(500, "internal server error", type="server_error"))
 
-    def finalize(rec: LogRecord, status: int, t0: float, ttft: float | None, error: APIError | None) -> None:
-        rec.status = status
-        rec.latency_ms = (time.perf_counter() - t0) * 1000
-        rec.ttft_ms = ttft
-        if error is not None:
-            rec.error = f"{error.status} {error.code or error.type}"
-        model_label = rec.model if rec.model in state.models else "other"
-        metrics.requests.labels(model_label, rec.route or "error", str(status)).inc()
-        if status == 200:
-            metrics.latency.labels(rec.route).observe(rec.latency_ms / 1000)
-            if ttft is not None:
-                metrics.ttft.labels(rec.route).observe(ttft / 1000)
-        else:
-            metrics.errors.labels(str(status)).inc()
-        if rec.route == ROUTE_REFUSED_INPUT:
-            metrics.refusals.labels("input").inc()
-        elif rec.route == ROUTE_REFUSED_OUTPUT:
-            metrics.refusals.labels("output").inc()
-        if any(r.startswith("pii:") for r in rec.input_reasons):
-            metrics.redactions.labels("input").inc()
-        if any(r.startswith("pii:") for r in rec.output_reasons):
-            metrics.redactions.labels("output").inc()
-        metrics.signals.observe(rec)
-        state.log.write(rec)
-        ab.finished(rec)
+
+def _add_info_routes(app: FastAPI, state: ServerState) -> None:
+    """``/health``, ``/metrics`` and ``/v1/models`` (adapters listed with their parent)."""
+    metrics = state.metrics
 
     @app.get("/health")
     async def health():
@@ -208,123 +150,6 @@ def create_app(state: ServerState, manage_lifecycle: bool = True) -> FastAPI:
         if model_id not in state.models:
             raise APIError(404, "model not found", code="model_not_found", param="model")
         return model_card(state.models[model_id])
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request):
-        t0 = time.perf_counter()
-        cid = new_id()
-        rec = LogRecord(id=cid, ts=time.time(), model="")
-        deadline = t0 + cfg.limits.timeout_s
-        events = None
-        try:
-            check_access(request, state.api_key, hosts)
-            req = parse_request(
-                await read_body(request, cfg.limits.max_body_bytes, cfg.limits.body_timeout_s)
-            )
-            rec.stream = req.stream
-            served = ab.assign(req, request, pipeline.resolve(req), rec)
-            rec.model, rec.adapter = req.model, served.adapter
-            max_tokens = pipeline.check(req)
-            events = pipeline.run(req, served, max_tokens, rec, stream=req.stream)
-            start = await _next(events, deadline, cfg.limits.timeout_s)
-            assert isinstance(start, Start)
-        except asyncio.CancelledError:
-            if events is not None:
-                await events.aclose()
-            finalize(rec, 499, t0, None, None)
-            raise
-        except Exception as exc:
-            e = exc if isinstance(exc, APIError) else _internal(exc)
-            if events is not None:
-                await events.aclose()
-            finalize(rec, e.status, t0, None, e)
-            return _error_response(e, cid)
-        headers = {
-            "X-Request-Id": cid,
-            ROUTE_HEADER: start.route,
-            CITATIONS_HEADER: _citation_header(start.citations),
-            **({ARM_HEADER: rec.arm} if rec.arm else {}),
-        }
-        created = int(rec.ts)
-        if req.stream:
-            include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return StreamingResponse(
-                _sse(events, rec, req.model, cid, created, include_usage, deadline, t0),
-                media_type="text/event-stream",
-                headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-            )
-        parts: list[str] = []
-        try:
-            while True:
-                ev = await _next(events, deadline, cfg.limits.timeout_s)
-                if isinstance(ev, Delta):
-                    parts.append(ev.text)
-                elif isinstance(ev, End):
-                    break
-        except asyncio.CancelledError:
-            await events.aclose()
-            finalize(rec, 499, t0, None, None)
-            raise
-        except Exception as exc:
-            e = exc if isinstance(exc, APIError) else _internal(exc)
-            await events.aclose()
-            finalize(rec, e.status, t0, None, e)
-            return _error_response(e, cid)
-        await events.aclose()
-        ttft = (time.perf_counter() - t0) * 1000
-        finalize(rec, 200, t0, ttft, None)
-        headers[ROUTE_HEADER] = ev.extra.get("route") or start.route
-        body = completion(cid, req.model, "".join(parts), ev.finish_reason, ev.usage, ev.extra, created)
-        return JSONResponse(body, headers=headers)
-
-    async def _sse(
-        events,
-        rec: LogRecord,
-        model: str,
-        cid: str,
-        created: int,
-        include_usage: bool,
-        deadline: float,
-        t0: float,
-    ):
-        status, error, ttft = 200, None, None
-
-        def data(obj: dict) -> str:
-            return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
-
-        usage_field = {"usage": None} if include_usage else {}
-        try:
-            yield data({**chunk(cid, model, created, {"role": "assistant", "content": ""}), **usage_field})
-            while True:
-                try:
-                    ev = await _next(events, deadline, cfg.limits.timeout_s)
-                except StopAsyncIteration:
-                    break
-                if isinstance(ev, Delta) and ev.text:
-                    if ttft is None:
-                        ttft = (time.perf_counter() - t0) * 1000
-                    yield data({**chunk(cid, model, created, {"content": ev.text}), **usage_field})
-                elif isinstance(ev, End):
-                    yield data(
-                        {**chunk(cid, model, created, {}, ev.finish_reason, extra=ev.extra), **usage_field}
-                    )
-                    if include_usage:
-                        yield data(chunk(cid, model, created, usage=ev.usage, include_choice=False))
-                    break
-            yield "data: [DONE]\n\n"
-        except asyncio.CancelledError:
-            status = 499  # the client went away
-            raise
-        except Exception as exc:
-            # Headers are gone: report in-band, as OpenAI does; the client raises on an "error" event.
-            error = exc if isinstance(exc, APIError) else _internal(exc)
-            status = error.status
-            yield data(error.body())
-        finally:
-            await events.aclose()
-            finalize(rec, status, t0, ttft, error)
-
-    return app
 
 
 def serve_forever(state: ServerState) -> None:
