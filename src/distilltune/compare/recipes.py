@@ -206,7 +206,7 @@ def evaluate_config(cfg, view: Path, out: Path, name: str, refs: Refs | None = N
     from distilltune.evaluation.config import EfficiencySettings, EvaluateConfig
 
     refs = refs or Refs(cfg, cfg.table(), out / "runs")
-    quant = refs.table[name].deploy
+    quant = cfg.table()[name].deploy
     deploy = {}
     if quant:
         xc = export_config(cfg, out, name, refs)
