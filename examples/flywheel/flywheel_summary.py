@@ -88,6 +88,8 @@ def summarize(facts: dict) -> str:
     lines = [
         "# Flywheel demo on acme (examples/flywheel/run_loop.py)",
         "",
+        f"- commit {(facts.get('git') or {}).get('sha') or 'unknown'}"
+        + (" (uncommitted changes)" if (facts.get("git") or {}).get("dirty") else ""),
         f"- {facts['seconds']:.0f} s on {facts['cores']} cores (load {facts['load_start'][0]:.2f} at the start, "
         f"{facts['load_end'][0]:.2f} at the end); {stages}",
         f"- traffic: {facts['traffic']['calm']} in-distribution, {facts['traffic']['drifted']} drifted "

@@ -228,6 +228,17 @@ def scan_for_pii(root: Path, skip: Path) -> tuple[int, list[str]]:
     return len(files), hits
 
 
+def git_state() -> dict:
+    """The commit the loop ran at, and whether the tree was clean: a summary quoted in the README must say."""
+
+    def git(*a: str) -> str:
+        r = subprocess.run(["git", "-C", str(REPO), *a], capture_output=True, text=True, check=False)
+        return r.stdout.strip()
+
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    return {"sha": git("rev-parse", "HEAD") or None, "dirty": dirty}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument(
@@ -311,6 +322,7 @@ def main() -> None:
     )
     facts |= {"seconds": time.perf_counter() - t_start, "stage_seconds": loop.times, "commands": loop.commands,
               "load_start": load_start, "load_end": os.getloadavg(), "cores": len(os.sched_getaffinity(0)),
+              "git": git_state(),
               "demo": str(demo)}  # fmt: skip
     text = summarize(facts)
     (work / "summary.json").write_text(json.dumps(facts, indent=2, default=str), encoding="utf-8")
