@@ -76,7 +76,7 @@ def teacher_fingerprint(ref: str, memo_path: Path | None = None) -> str:
     Hub ids (online only) are identified by name.
     """
     from distilltune.models.bundled import BUILTIN_MODELS, gguf_path
-    from distilltune.models.resolve import resolve_path
+    from distilltune.models.resolve import adapter_base_ref, resolve_path
     from distilltune.models.spec import parse_student_spec
 
     memo: dict = {}
@@ -111,9 +111,10 @@ def teacher_fingerprint(ref: str, memo_path: Path | None = None) -> str:
                 h.update(p.name.encode() + b"\0" + digest.encode())
             if kind == "adapter":
                 cfg = json.loads((path / "adapter_config.json").read_text())
-                base = cfg.get("base_model_name_or_path")
-                if base:
-                    h.update(fp(base).encode())
+                if cfg.get("base_model_name_or_path"):
+                    # The recorded path when it exists (the keys written before portable references
+                    # stay valid); its portable reference only when it is gone (a miss, never a wrong hit).
+                    h.update(fp(adapter_base_ref(path)).encode())
         return h.hexdigest()
 
     digest = fp(ref)

@@ -121,11 +121,10 @@ def _param_bytes(model) -> int:
 
 def serving_size(ref: str, model) -> tuple[int, str]:
     """(bytes, kind): on-disk bytes needed to serve ``ref``, or the in-memory parameter bytes."""
-    import json as _json
 
     from distilltune.models.bundled import bundled_model_dir
     from distilltune.models.info import dir_size_bytes
-    from distilltune.models.resolve import is_student_spec, resolve_path
+    from distilltune.models.resolve import adapter_base_ref, is_student_spec, resolve_path
 
     if is_student_spec(ref):
         return _param_bytes(model), "param_bytes"
@@ -135,7 +134,7 @@ def serving_size(ref: str, model) -> tuple[int, str]:
     if kind in ("dir", "gguf"):
         return dir_size_bytes(path), "disk"
     if kind == "adapter":
-        base = _json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
+        base = adapter_base_ref(path)
         base_bytes, base_kind = serving_size(base, model)
         return dir_size_bytes(path) + base_bytes, base_kind
     return _param_bytes(model), "param_bytes"

@@ -24,11 +24,25 @@ import torch
 from torch import nn
 
 from distilltune.errors import UserError
-from distilltune.models.bundled import BUILTIN_MODELS, bundled_model_dir
+from distilltune.models.bundled import BUILTIN_MODELS, bundled_model_dir, distilltune_home
 from distilltune.models.spec import STUDENT_RE, is_student_spec, parse_student_spec
 from distilltune.models.student import build_student
 
-__all__ = ["STUDENT_RE", "Loaded", "is_student_spec", "load_model", "load_tokenizer", "resolve_path"]
+__all__ = [
+    "BASE_SIDECAR",
+    "STUDENT_RE",
+    "Loaded",
+    "adapter_base_ref",
+    "is_student_spec",
+    "load_model",
+    "load_tokenizer",
+    "portable_base_ref",
+    "resolve_path",
+]
+
+# Next to an adapter's adapter_config.json: {"ref": ...}, the base's portable reference. A file of its
+# own because PEFT warns about (and drops) keys it does not know in adapter_config.json.
+BASE_SIDECAR = "distilltune_base.json"
 
 
 @dataclass
@@ -87,6 +101,85 @@ def resolve_path(ref: str) -> tuple[str, Path | None]:
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False"):
         raise UserError(f"model {ref!r} is not a local path and the hub is offline (HF_HUB_OFFLINE is set)")
     return "hub", None
+
+
+def _builtin_name_of(path: Path) -> str | None:
+    """The built-in whose materialized cache ``path`` is (``<home>/models/<name>``, see models.bundled)."""
+    if path.name in BUILTIN_MODELS and path.parent.name == "models":
+        return path.name
+    return None
+
+
+def portable_base_ref(base: str, adapter_dir: Path) -> str | None:
+    """What finds ``base`` again once its absolute path is gone (another machine, a temporary home).
+
+    A built-in's cache (``$DISTILLTUNE_HOME/models/<name>``, checked against this process's home) is
+    its name; a base inside the adapter's run directory (``OUT/base-model``, ``OUT/model``) is its path
+    relative to the adapter, which survives copying the run directory. Anything else (a user's own
+    directory elsewhere, a hub id, which is portable already) has none.
+    """
+    p = Path(base).expanduser()
+    if not p.is_absolute():
+        return None
+    p = p.resolve()
+    name = _builtin_name_of(p)
+    if name is not None and p == (distilltune_home() / "models" / name).resolve():
+        return name
+    adapter = Path(adapter_dir).resolve()
+    if p.is_relative_to(adapter.parent) and not p.is_relative_to(adapter):
+        return os.path.relpath(p, adapter)
+    return None
+
+
+def _sidecar_ref(adapter_dir: Path) -> str | None:
+    f = adapter_dir / BASE_SIDECAR
+    if not f.is_file():
+        return None
+    try:
+        ref = json.loads(f.read_text()).get("ref")
+    except (ValueError, AttributeError) as e:
+        raise UserError(
+            f'{f}: expected a JSON object like {{"ref": "smollm2-135m-instruct"}} ({e})'
+        ) from None
+    if not isinstance(ref, str) or not ref:
+        raise UserError(f"{f}: field 'ref' must be a non-empty string (the base model's portable reference)")
+    return ref
+
+
+def adapter_base_ref(adapter_dir: Path) -> str:
+    """The reference to load an adapter's base from: the one place that reads ``base_model_name_or_path``.
+
+    The recorded path wins when it exists (PEFT's own loaders use it too, and cache keys built from it
+    stay the same). When it is gone, the portable reference in ``distilltune_base.json`` is used;
+    adapters written before that file existed fall back to the built-in name when the recorded path is
+    a built-in's cache (``.../models/<name>``). A recorded value that is not a local path (a hub id, a
+    built-in name) is returned as is.
+    """
+    cfg_file = adapter_dir / "adapter_config.json"
+    recorded = json.loads(cfg_file.read_text()).get("base_model_name_or_path")
+    if not recorded:
+        raise UserError(f"{cfg_file}: base_model_name_or_path is missing")
+    p = Path(recorded).expanduser()
+    if p.exists():
+        return recorded
+    portable = _sidecar_ref(adapter_dir)
+    if portable is None and p.is_absolute():
+        portable = _builtin_name_of(p)
+    if portable in BUILTIN_MODELS:
+        return portable
+    if portable is not None and (adapter_dir / portable).exists():
+        return str((adapter_dir / portable).resolve())
+    if not p.is_absolute() and not recorded.startswith((".", "~")):
+        return recorded
+    why = (
+        f"nor does its portable reference {portable!r} (from {adapter_dir / BASE_SIDECAR})"
+        if portable is not None
+        else f"and no portable reference is recorded ({adapter_dir / BASE_SIDECAR} is absent)"
+    )
+    raise UserError(
+        f"{cfg_file}: the base model {recorded!r} no longer exists, {why}; "
+        "restore the base there or set base_model_name_or_path to where it lives now"
+    )
 
 
 def load_model(
@@ -162,9 +255,7 @@ def _mergeable(model) -> bool:
 def _load_adapter(path: Path, torch_dtype: torch.dtype):
     """Load a PEFT adapter (or a distilltune bottleneck adapter) on top of its recorded base."""
     cfg = json.loads((path / "adapter_config.json").read_text())
-    base_ref = cfg.get("base_model_name_or_path")
-    if not base_ref:
-        raise UserError(f"{path}/adapter_config.json: base_model_name_or_path is missing")
+    base_ref = adapter_base_ref(path)
     base = load_model(
         base_ref, dtype={torch.float32: "float32", torch.bfloat16: "bfloat16"}.get(torch_dtype, "float32")
     )
@@ -191,8 +282,7 @@ def load_tokenizer(ref: str, teacher: str | None = None):
     if kind == "adapter":
         if (path / "tokenizer_config.json").exists():
             return _load_tokenizer(path)
-        base = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
-        return load_tokenizer(base)
+        return load_tokenizer(adapter_base_ref(path))
     if kind == "gguf":
         from transformers import AutoTokenizer
 

@@ -228,15 +228,13 @@ def _load_exported_slot(
 
 def _base_parent(ref: str) -> str | None:
     """For an adapter MODEL: its base model reference (the parent in /v1/models)."""
-    from distilltune.models.resolve import resolve_path
+    from distilltune.models.resolve import adapter_base_ref, resolve_path
 
     try:
         kind, path = resolve_path(ref)
+        return adapter_base_ref(path) if kind == "adapter" and path is not None else None
     except UserError:
         return None
-    if kind != "adapter" or path is None:
-        return None
-    return json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
 
 
 def build_state(cfg: ServeConfig) -> ServerState:

@@ -4,7 +4,11 @@ Artifacts load without distilltune: a full fine-tune is a plain Hugging Face dir
 (``AutoModelForCausalLM.from_pretrained(OUT/model)``); a LoRA / IA3 / prefix adapter is a PEFT
 directory whose ``base_model_name_or_path`` is a real local directory (the built-in teacher's cache,
 a run's ``model/``, or ``OUT/base-model`` when the base exists only in memory, e.g. a depth-pruned
-student), so ``PeftModel.from_pretrained`` finds it. Bottleneck adapters load through
+student), so ``PeftModel.from_pretrained`` finds it. That path breaks when the run directory moves to
+another machine or the built-in's home was temporary, so the adapter also carries
+``distilltune_base.json`` with the base's portable reference (the built-in's name, or the base's path
+relative to the adapter when it lies in the run directory); distilltune's loaders fall back to it
+(``models.resolve.adapter_base_ref``). Bottleneck adapters load through
 ``distilltune.models.load_model``. Every directory is written to a temporary sibling and renamed.
 """
 
@@ -18,6 +22,7 @@ from torch import nn
 from distilltune.config import to_yaml
 from distilltune.io import atomic_dir, atomic_write_json, atomic_write_text
 from distilltune.models.bottleneck import save_bottleneck_adapter
+from distilltune.models.resolve import BASE_SIDECAR, portable_base_ref
 
 COMPLETE = ".complete"
 SUMMARY = "train_summary.json"
@@ -87,6 +92,9 @@ def save_trained(
             acfg = json.loads(cfg_path.read_text())
             acfg["base_model_name_or_path"] = base_path
             cfg_path.write_text(json.dumps(acfg, indent=2, sort_keys=True) + "\n")
+        portable = portable_base_ref(base_path, target) if base_path else None
+        if portable is not None:
+            (tmp / BASE_SIDECAR).write_text(json.dumps({"ref": portable}, indent=2) + "\n")
         tokenizer.save_pretrained(tmp)
     return target
 

@@ -14,7 +14,7 @@ import json
 import torch
 from torch import nn
 
-from distilltune.errors import Problem, UserError
+from distilltune.errors import Problem
 from distilltune.models.bottleneck import DEFAULT_TARGETS, add_bottleneck_adapters, matching_modules
 from distilltune.train.config import FinetuneConfig
 
@@ -26,7 +26,7 @@ def _config_for(ref: str, teacher: str | None):
     from transformers import AutoConfig
 
     from distilltune.models.bundled import COMPLETE_MARKER, distilltune_home, gguf_path
-    from distilltune.models.resolve import resolve_path
+    from distilltune.models.resolve import adapter_base_ref, resolve_path
     from distilltune.models.spec import parse_student_spec
     from distilltune.models.width import width_config
 
@@ -51,10 +51,7 @@ def _config_for(ref: str, teacher: str | None):
         return AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name), None
     if kind == "adapter":
         acfg = json.loads((path / "adapter_config.json").read_text())
-        base = acfg.get("base_model_name_or_path")
-        if not base:
-            raise UserError(f"{path}/adapter_config.json: base_model_name_or_path is missing")
-        cfg, _ = _config_for(base, teacher)
+        cfg, _ = _config_for(adapter_base_ref(path), teacher)
         return cfg, str(acfg.get("peft_type", ""))
     return AutoConfig.from_pretrained(str(path) if path else ref), None
 
