@@ -23,6 +23,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["DISTILLTUNE_NO_REEXEC"] = "1"  # CLI tests run in-process or as plain subprocesses
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    # `make test` runs two workers on the 2-core reference machine: one thread each, since two 2-thread
+    # torch processes on two cores slow each other several-fold (docs/design.md, "the machine").
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("DISTILLTUNE_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -40,12 +40,13 @@ def build_config(
 
 def report_user_error(err: UserError) -> None:
     # The message is plain text: escaped, so an install line like `distilltune[gguf]` is not read as markup.
+    # soft_wrap: the terminal wraps long lines; rich would insert newlines into paths and grep-able text.
     from rich.markup import escape
 
-    console.print(f"[bold red]error:[/] {escape(err.message)}", markup=True)
+    console.print(f"[bold red]error:[/] {escape(err.message)}", markup=True, soft_wrap=True)
     for p in err.problems:
         style = "red" if p.severity == "error" else "yellow"
-        console.print(f"  [{style}]{escape(str(p))}[/]", markup=True)
+        console.print(f"  [{style}]{escape(str(p))}[/]", markup=True, soft_wrap=True)
 
 
 def fail(message: str) -> None:

@@ -188,6 +188,9 @@ class ChatRoute:
             return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
         usage_field = {"usage": None} if include_usage else {}
+        # The last event goes out after the request is logged: a client that has read [DONE] (or the
+        # error event) finds its row in the log after ``log.flush()``, never a moment later.
+        last = "data: [DONE]\n\n"
         try:
             yield data({**chunk(cid, model, created, {"role": "assistant", "content": ""}), **usage_field})
             while True:
@@ -206,7 +209,6 @@ class ChatRoute:
                     if include_usage:
                         yield data(chunk(cid, model, created, usage=ev.usage, include_choice=False))
                     break
-            yield "data: [DONE]\n\n"
         except asyncio.CancelledError:
             status = 499  # the client went away
             raise
@@ -214,7 +216,8 @@ class ChatRoute:
             # Headers are gone: report in-band, as OpenAI does; the client raises on an "error" event.
             error = exc if isinstance(exc, APIError) else _internal(exc)
             status = error.status
-            yield data(error.body())
+            last = data(error.body())
         finally:
             await events.aclose()
             self.finalize(rec, status, t0, ttft, error)
+        yield last
