@@ -120,31 +120,25 @@ def world(tmp_path_factory):
     return root, _write_task(root / "task", pool), files / "calm.jsonl", files / "drifted.jsonl"
 
 
-def test_monitor_feedback_flywheel_retrain_gate_split_ab(world, tiny_model_dir, tiny_teacher_dir, capsys):
+def _current_model(root: Path, task: Path, base_model: Path) -> Path:
+    """The model serving now: a short fine-tune of the tiny base on the task (its run dir holds the recipe)."""
     from distilltune.train.config import FinetuneConfig
     from distilltune.train.finetune import run_finetune
     from distilltune.train.progress import SilentReporter
 
-    root, task, calm, drifted = world
-    printed = []
-    # The model serving now: a short fine-tune of the tiny base on the task (its run dir holds the recipe).
     fast = {"max_steps": 2, "batch_size": 4, "max_length": 128, "warmup_steps": 0, "eval_every": 0,
             "save_every": 0, "eval_samples": 0, "eval_loss_items": 0}  # fmt: skip
-    current = run_finetune(
-        FinetuneConfig(
-            task=str(task),
-            model=str(tiny_model_dir),
-            output=str(root / "runs" / "current"),
-            rag=False,
-            train=fast,
-        ),
-        reporter=SilentReporter(),
+    cfg = FinetuneConfig(
+        task=str(task), model=str(base_model), output=str(root / "runs" / "current"), rag=False, train=fast
     )
+    return run_finetune(cfg, reporter=SilentReporter())
 
-    # 1. serve and replay both traffic files; feedback on the drifted one.
-    with running_server(_serve_cfg(current, task, root / "calm.db", tiny_teacher_dir)) as (url, _):
+
+def _serve_replay_feedback(root, task, current, teacher, calm: Path, drifted: Path) -> set[str]:
+    """Step 1: serve and replay both traffic files; feedback on the drifted one. The new questions' ids."""
+    with running_server(_serve_cfg(current, task, root / "calm.db", teacher)) as (url, _):
         _replay(url, calm)
-    with running_server(_serve_cfg(current, task, root / "requests.db", tiny_teacher_dir)) as (url, _):
+    with running_server(_serve_cfg(current, task, root / "requests.db", teacher)) as (url, _):
         ids = _replay(url, drifted)
         lines = [json.loads(x) for x in drifted.read_text().splitlines()]
         new_ids = {rid for rid, t in zip(ids, lines, strict=True) if t["new"]}  # never training questions
@@ -155,8 +149,11 @@ def test_monitor_feedback_flywheel_retrain_gate_split_ab(world, tiny_model_dir, 
                 fb["correction"] = f"Write to {EMAIL} with account {ACCOUNT}; we call back on {PHONE}."
             r = httpx.post(f"{url}/v1/feedback", json=fb, timeout=60)
             assert r.status_code == 200 and (r.json()["correction"] or {}).get("stored", False) is (i < 3)
+    return new_ids
 
-    # 2. monitor: quiet on the in-distribution replay, input drift on the drifted one.
+
+def _monitor(capsys, root: Path, task: Path, printed: list[str]) -> Path:
+    """Step 2: monitor is quiet on the in-distribution replay and flags input drift on the drifted one."""
     code, out, err = run_cli(capsys, "monitor", str(root / "calm.db"), "--task", str(task), "--json")
     printed += [out, err]
     assert code == 0, out + err
@@ -167,20 +164,20 @@ def test_monitor_feedback_flywheel_retrain_gate_split_ab(world, tiny_model_dir, 
     printed += [out, err]
     assert code == 1, out + err
     assert "input_drift" in {a["signal"] for a in json.loads(out)["alerts"]}
+    return html
 
-    # 3. flywheel: harvest + label with the teacher, stop for the review.
+
+def _label_and_review(capsys, root, base: list[str], teacher, new_ids: set[str], printed) -> Path:
+    """Steps 3-4: harvest + label with the teacher, stop for the review; a scripted reviewer accepts the
+    corrections, edits the mobile-app questions and rejects the rest. The decisions file."""
     review = root / "review"
-    base = [str(root / "requests.db"), "--task", str(task), "--output", str(review), "--heldout", "0.5",
-            "--max-new-tokens", "6"]  # fmt: skip
-    code, out, err = run_cli(capsys, "flywheel", *base, "--teacher", str(tiny_teacher_dir))
+    code, out, err = run_cli(capsys, "flywheel", *base, "--teacher", str(teacher))
     printed += [out, err]
     assert code == 0 and "status: waiting for review" in out, out + err
     items = [json.loads(x) for x in (review / "review.jsonl").read_text().splitlines()]
     assert len(items) >= 30 and sum(r["correction"] is not None for r in items) == 3
     assert sum("thumbs_down" in r["reasons"] for r in items) == 12
     assert all(r["teacher_answer"] is not None for r in items)
-
-    # 4. a scripted reviewer: accept the corrections, edit the mobile-app questions, reject the rest.
     decisions = []
     for r in items:
         if r["correction"]:
@@ -191,9 +188,11 @@ def test_monitor_feedback_flywheel_retrain_gate_split_ab(world, tiny_model_dir, 
             decisions.append({"id": r["id"], "decision": "reject"})
     dfile = root / "decisions.json"
     dfile.write_text(json.dumps({"decisions": decisions}))
+    return dfile
 
-    # 5. merge → retrain with the current model's own recipe → gate.
-    gate_args = [*base, "--decisions", str(dfile), "--pipeline", str(current), "--current", str(current)]
+
+def _merge_retrain_gate(capsys, review: Path, gate_args: list[str], current: Path, printed) -> dict:
+    """Step 5: merge → retrain with the current model's own recipe → gate; a re-run changes nothing."""
     code, out, err = run_cli(capsys, "flywheel", *gate_args)
     printed += [out, err]
     assert code in (0, 1) and "status: " in out, out + err
@@ -205,24 +204,22 @@ def test_monitor_feedback_flywheel_retrain_gate_split_ab(world, tiny_model_dir, 
     assert rt["task_dir"] == m["task_dir"] and gate["candidate"] == rt["candidate"] != str(current)
     cfg = yaml.safe_load((Path(rt["candidate"]) / "config.yaml").read_text())
     assert Path(cfg["task"]) == Path(m["task_dir"]).resolve() and cfg["train"]["max_steps"] == 2
-    assert json.loads((Path(rt["candidate"]) / "train_summary.json").read_text())["train_examples"] == len(
-        new_train
-    )
+    summary = json.loads((Path(rt["candidate"]) / "train_summary.json").read_text())
+    assert summary["train_examples"] == len(new_train)
     assert gate["failures"]["n_items"] == m["heldout"] and gate["eval"]["n_items"] == 30
     assert (code == 0) == gate["promote"]
 
-    # Re-running the whole command retrains nothing and rewrites nothing.
     before = _snapshot(review)
     code2, out, err = run_cli(capsys, "flywheel", *gate_args)
     printed += [out, err]
     assert code2 == code and _snapshot(review) == before
+    return rt
 
-    # 6. serve the candidate to half the users; ab reports both arms.
-    with running_server(
-        _serve_cfg(
-            current, task, root / "ab.db", tiny_teacher_dir, candidate=rt["candidate"], ab={"split": 0.5}
-        )
-    ) as (url, _):
+
+def _split_and_ab(capsys, root, task, current, teacher, candidate: str, calm: Path, printed) -> None:
+    """Step 6: serve the candidate to half the users; ab reports both arms."""
+    cfg = _serve_cfg(current, task, root / "ab.db", teacher, candidate=candidate, ab={"split": 0.5})
+    with running_server(cfg) as (url, _):
         _replay(url, calm, limit=24)
     code, out, err = run_cli(capsys, "ab", str(root / "ab.db"), "--json")
     printed += [out, err]
@@ -230,6 +227,21 @@ def test_monitor_feedback_flywheel_retrain_gate_split_ab(world, tiny_model_dir, 
     arms = json.loads(out)["ab"]["arms"]
     assert arms["live"]["requests"] > 5 and arms["candidate"]["requests"] > 5
     assert arms["live"]["requests"] + arms["candidate"]["requests"] == 24
+
+
+def test_monitor_feedback_flywheel_retrain_gate_split_ab(world, tiny_model_dir, tiny_teacher_dir, capsys):
+    root, task, calm, drifted = world
+    printed: list[str] = []
+    current = _current_model(root, task, tiny_model_dir)
+    new_ids = _serve_replay_feedback(root, task, current, tiny_teacher_dir, calm, drifted)
+    html = _monitor(capsys, root, task, printed)
+    review = root / "review"
+    base = [str(root / "requests.db"), "--task", str(task), "--output", str(review), "--heldout", "0.5",
+            "--max-new-tokens", "6"]  # fmt: skip
+    dfile = _label_and_review(capsys, root, base, tiny_teacher_dir, new_ids, printed)
+    gate_args = [*base, "--decisions", str(dfile), "--pipeline", str(current), "--current", str(current)]
+    rt = _merge_retrain_gate(capsys, review, gate_args, current, printed)
+    _split_and_ab(capsys, root, task, current, tiny_teacher_dir, rt["candidate"], calm, printed)
 
     # No planted PII anywhere: files written by the server, monitor, flywheel, training, caches; output.
     from distilltune.models.bundled import distilltune_home

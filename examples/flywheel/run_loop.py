@@ -239,7 +239,7 @@ def git_state() -> dict:
     return {"sha": git("rev-parse", "HEAD") or None, "dirty": dirty}
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument(
         "--demo", type=Path, default=REPO / "demo-output", help="a `distilltune demo` output dir (read only)"
@@ -254,50 +254,33 @@ def main() -> None:
         "--retrain-set", action="append", default=[], metavar="KEY=VALUE",
         help="override in the retraining recipe, passed to flywheel --set (e.g. student-kd.train.max_steps=20)",
     )  # fmt: skip
-    args = ap.parse_args()
-    demo, work = args.demo.resolve(), args.work.resolve()
-    for need in ("task/task.yaml", "runs/student-kd/config.yaml", "runs/teacher-lora"):
-        if not (demo / need).exists():
-            sys.exit(f"{demo}: not a demo output ({need} missing); run `make demo` first")
-    if work.exists():
-        shutil.rmtree(work)  # a fresh run: the summary's timings must not include cached steps
-    (work / "logs").mkdir(parents=True)
-    from flywheel_summary import summarize
+    return ap.parse_args()
 
-    loop = Loop(demo, work, args.max_tokens, args.concurrency)
-    t_start, load_start = time.perf_counter(), os.getloadavg()
-    traffic = make_traffic(REPO / "examples" / "acme-support", loop.task, args.seed)
-    files = write_traffic(work / "traffic", traffic)
-    facts: dict = {"traffic": {k: len(v) for k, v in traffic.items()}}
 
+def serve_and_monitor(loop: Loop, work: Path, traffic: dict, seed: int, facts: dict) -> list[dict]:
+    """Replay calm and drifted traffic (with feedback) into two logs; monitor each. The drifted sends."""
     t0 = time.perf_counter()
     with loop.serve("serve-calm", work / "calm.db") as (url, model):
         calm = loop.replay(url, model, traffic["calm"])
     with loop.serve("serve-drifted", work / "requests.db") as (url, model):
         drifted = loop.replay(url, model, traffic["drifted"])
-        facts["feedback"] = loop.feedback(url, drifted, args.seed)
+        facts["feedback"] = loop.feedback(url, drifted, seed)
     loop.times["serve+replay"] = time.perf_counter() - t0
     facts["routes"] = {
         n: dict(Counter(s["route"] for s in sent)) for n, sent in (("calm", calm), ("drifted", drifted))
     }
-
     for name, db in (("calm", work / "calm.db"), ("drifted", work / "requests.db")):
-        code = loop.cli(
-            "monitor",
-            "monitor",
-            db,
-            "--task",
-            loop.task,
-            "--json",
-            "--html",
-            work / f"monitor-{name}.html",
-            ok=(0, 1),
-        )
+        html = work / f"monitor-{name}.html"
+        code = loop.cli("monitor", "monitor", db, "--task", loop.task, "--json", "--html", html, ok=(0, 1))
         facts[f"monitor_{name}"] = {
             "exit": code,
             "report": json.loads((work / "logs" / "monitor.out").read_text()),
         }
+    return drifted
 
+
+def flywheel_and_ab(loop: Loop, work: Path, traffic: dict, drifted: list[dict], args, facts: dict) -> Path:
+    """Label, review (scripted), merge, retrain, gate; then split traffic and ``ab``. The review dir."""
     rev = work / "review"
     base = [work / "requests.db", "--task", loop.task, "--output", rev]
     loop.cli("label", "flywheel", *base, "--teacher", loop.teacher, "--max-new-tokens", "64")
@@ -315,6 +298,27 @@ def main() -> None:
     loop.times["split serve+replay"] = time.perf_counter() - t0
     loop.cli("ab", "ab", work / "ab.db", "--json", ok=(0, 1))
     facts["ab"] = json.loads((work / "logs" / "ab.out").read_text())
+    return rev
+
+
+def main() -> None:
+    args = parse_args()
+    demo, work = args.demo.resolve(), args.work.resolve()
+    for need in ("task/task.yaml", "runs/student-kd/config.yaml", "runs/teacher-lora"):
+        if not (demo / need).exists():
+            sys.exit(f"{demo}: not a demo output ({need} missing); run `make demo` first")
+    if work.exists():
+        shutil.rmtree(work)  # a fresh run: the summary's timings must not include cached steps
+    (work / "logs").mkdir(parents=True)
+    from flywheel_summary import summarize
+
+    loop = Loop(demo, work, args.max_tokens, args.concurrency)
+    t_start, load_start = time.perf_counter(), os.getloadavg()
+    traffic = make_traffic(REPO / "examples" / "acme-support", loop.task, args.seed)
+    files = write_traffic(work / "traffic", traffic)
+    facts: dict = {"traffic": {k: len(v) for k, v in traffic.items()}}
+    drifted = serve_and_monitor(loop, work, traffic, args.seed, facts)
+    rev = flywheel_and_ab(loop, work, traffic, drifted, args, facts)
 
     facts["pii_files"], facts["pii_hits"] = scan_for_pii(work, files["calm"].parent)
     facts["harvest_reasons"] = dict(
