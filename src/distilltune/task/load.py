@@ -258,6 +258,53 @@ def _lenient_spec(task_file: Path) -> TaskSpec | None:
         return None
 
 
+def _knowledge_and_policy(spec, data_path, lines: dict, problems: ProblemList):
+    """The knowledge base (None if the task has none) and the policy (defaults if it has none)."""
+    knowledge: dict[str, str] | None = None
+    kpath = data_path("knowledge", required=False)
+    if kpath is not None:
+        if not kpath.is_dir():
+            problems.add(
+                "task.yaml",
+                f"knowledge {spec.data.knowledge!r} is not a directory",
+                lines.get("data.knowledge"),
+                "data.knowledge",
+            )
+        else:
+            knowledge = load_knowledge(kpath, spec.data.knowledge, problems)
+
+    policy = PolicySpec()
+    ppath = data_path("policy", required=False)
+    if ppath is not None:
+        loaded = _load_yaml_model(ppath, PolicySpec, spec.data.policy, problems)
+        if loaded is not None:
+            policy = loaded
+            _check_policy(policy, spec.data.policy, ppath.read_text(encoding="utf-8"), problems)
+
+    return knowledge, policy
+
+
+def _cases(spec, data_path, problems: ProblemList) -> dict[str, list[Case]]:
+    """Behavioural scenarios and adversarial cases; ids must be unique within a file."""
+    cases: dict[str, list[Case]] = {"scenarios": [], "adversarial": []}
+    for key in ("scenarios", "adversarial"):
+        p = data_path(key, required=False)
+        if p is None:
+            continue
+        rel = getattr(spec.data, key)
+        seen: dict[str, int] = {}
+        for line, case in _load_jsonl(p, Case, rel, problems):
+            if case.id in seen:
+                problems.add(
+                    rel, f"duplicate id {case.id!r} (first used on line {seen[case.id]})", line, "id"
+                )
+            else:
+                seen[case.id] = line
+            cases[key].append(case)
+
+    return cases
+
+
 def load_task(path: str | Path) -> Task:
     """Load and validate a task directory; raise ``UserError`` listing every problem."""
     root = Path(path)
@@ -292,26 +339,7 @@ def load_task(path: str | Path) -> Task:
             return None
         return p
 
-    knowledge: dict[str, str] | None = None
-    kpath = data_path("knowledge", required=False)
-    if kpath is not None:
-        if not kpath.is_dir():
-            problems.add(
-                "task.yaml",
-                f"knowledge {spec.data.knowledge!r} is not a directory",
-                lines.get("data.knowledge"),
-                "data.knowledge",
-            )
-        else:
-            knowledge = load_knowledge(kpath, spec.data.knowledge, problems)
-
-    policy = PolicySpec()
-    ppath = data_path("policy", required=False)
-    if ppath is not None:
-        loaded = _load_yaml_model(ppath, PolicySpec, spec.data.policy, problems)
-        if loaded is not None:
-            policy = loaded
-            _check_policy(policy, spec.data.policy, ppath.read_text(encoding="utf-8"), problems)
+    knowledge, policy = _knowledge_and_policy(spec, data_path, lines, problems)
 
     splits: dict[str, list[Conversation]] = {"train": [], "eval": []}
     for key in ("train", "eval"):
@@ -323,21 +351,7 @@ def load_task(path: str | Path) -> Task:
             _check_conversation(conv, rel, line, knowledge, problems)
             splits[key].append(conv)
 
-    cases: dict[str, list[Case]] = {"scenarios": [], "adversarial": []}
-    for key in ("scenarios", "adversarial"):
-        p = data_path(key, required=False)
-        if p is None:
-            continue
-        rel = getattr(spec.data, key)
-        seen: dict[str, int] = {}
-        for line, case in _load_jsonl(p, Case, rel, problems):
-            if case.id in seen:
-                problems.add(
-                    rel, f"duplicate id {case.id!r} (first used on line {seen[case.id]})", line, "id"
-                )
-            else:
-                seen[case.id] = line
-            cases[key].append(case)
+    cases = _cases(spec, data_path, problems)
 
     problems.raise_if_errors(f"{root}: invalid task")
     return Task(
