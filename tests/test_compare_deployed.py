@@ -110,6 +110,9 @@ def test_compare_evaluates_deployed_candidates_on_every_axis(tiny_task, tiny_tea
         want = own + (times[f"train {source}"] if source != "teacher" else 0.0)
         assert s["training"]["total_wall_s"] == pytest.approx(want)
         assert f"--backend {backend}" in s["commands"]["serve"]
-    assert "deployed" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert "deployed" in md
+    # the table shows the export's own time and, beside it, the total with the source's training
+    assert "with its sources)" in md
     run_compare(_cfg(tiny_task, tiny_teacher_dir, out, names), log=logs.append)  # everything is skipped
     assert json.loads((out / "stage_times.json").read_text()) == times  # no stage ran again

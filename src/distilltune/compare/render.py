@@ -79,6 +79,17 @@ def _vs_best(report: dict) -> dict[str, dict]:
     return {c["strategy"]: c for c in report["comparisons"] if c["reference"] == best}
 
 
+def _train_time(t: dict) -> str:
+    """Its own training (or export) time, and the total with the runs it starts from when that differs:
+    a deployed ``student-kd@int8`` exports in seconds but needs the student's and the teacher's runs."""
+    if not t["wall_s"]:
+        return "—"
+    own, total = t["wall_s"], t.get("total_wall_s")
+    if total is None or total < own + 1:
+        return fmt.duration(own)
+    return f"{fmt.duration(own)} ({fmt.duration(total)} with its sources)"
+
+
 def _row(s: dict, cmp: dict | None, colors: dict, winner: str | None) -> dict:
     q, e, t = s["quality"], s["efficiency"], s["training"]
     ci = q["ci95"]
@@ -126,7 +137,7 @@ def _row(s: dict, cmp: dict | None, colors: dict, winner: str | None) -> dict:
         "load": fmt.duration(e["load_s"]),
         "prefill": "—" if e["prefill_tok_s"] is None else f"{e['prefill_tok_s']:.0f} tok/s",
         "decode": "—" if e["decode_tok_s"] is None else f"{e['decode_tok_s']:.1f} tok/s",
-        "train_time": fmt.duration(t["wall_s"]) if t["wall_s"] else "—",
+        "train_time": _train_time(t),
         "steps": "—" if t["steps"] is None else f"{t['steps']:,}",
         "tokens": fmt.count(t["tokens"]),
         "cost": fmt.money(t["cost"], t["currency"]) if t["wall_s"] else "—",
@@ -170,7 +181,7 @@ def view(report: dict, figures: bool = True) -> dict:
             ("peak memory", fmt.mb(e["peak_rss_mb"]), f"size {fmt.size(e['size_bytes'])}"),
             (
                 "training",
-                fmt.duration(t["wall_s"]) if t["wall_s"] else "none",
+                _train_time(t) if t["wall_s"] else "none",
                 (
                     f"{fmt.money(t['cost'], t['currency'])} at {t['price_per_hour']:g} {t['currency']}/h"
                     if t["cost"] is not None

@@ -294,6 +294,7 @@ def analyse(
             **rec.to_dict(),
             "training": {
                 "wall_s": winner.wall_s if winner else None,
+                "total_wall_s": winner.train_total_s if winner else None,
                 "cost": _cost(winner) if winner else None,
                 "currency": winner.currency if winner else "USD",
                 "price_per_hour": winner.price_per_hour if winner else None,
