@@ -31,7 +31,8 @@ demo: $(STAMP)
 	$(BIN)/distilltune demo
 
 # Two workers (one per core of the reference machine, one torch thread each: tests/conftest.py); a file's
-# tests stay on one worker, so module fixtures are built once. Serial: 962 s, two workers: 526 s (idle).
+# tests stay on one worker, so module fixtures are built once. On the 2-core machine: 962 s serial,
+# 458 s with two workers (fresh clone, idle).
 TEST_WORKERS ?= 2
 
 test: $(STAMP)
