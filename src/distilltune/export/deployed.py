@@ -29,7 +29,7 @@ class Deployed:
 
 
 def _source_key(ref: str, teacher: str | None) -> str:
-    from distilltune.models.resolve import is_student_spec, resolve_path
+    from distilltune.models.resolve import adapter_base_ref, is_student_spec, resolve_path
 
     parts = [ref]
     if is_student_spec(ref):
@@ -43,10 +43,8 @@ def _source_key(ref: str, teacher: str | None) -> str:
         for f in files:
             st = f.stat()
             parts.append(f"{f.relative_to(root) if f != root else f.name}:{st.st_size}:{st.st_mtime_ns}")
-        if kind == "adapter":
-            base = json.loads((root / "adapter_config.json").read_text()).get("base_model_name_or_path")
-            if base:
-                parts.append(_source_key(base, None))
+        if kind == "adapter":  # the base as loaded: its portable reference when the recorded path is gone
+            parts.append(_source_key(adapter_base_ref(root), None))
     return "|".join(parts)
 
 

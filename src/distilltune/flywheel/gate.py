@@ -25,7 +25,7 @@ from pathlib import Path
 
 from distilltune.compare.stats import compare_items
 from distilltune.errors import UserError
-from distilltune.io import atomic_write_text
+from distilltune.io import write_if_changed
 
 FAILURE_SCORE = "token_f1"
 
@@ -125,8 +125,6 @@ def run_gate(
         "promote": promote,
         "why": why,
     }
-    text = json.dumps(result, indent=2, ensure_ascii=False) + "\n"
-    path = out / "gate.json"
-    if not (path.is_file() and path.read_text(encoding="utf-8") == text):  # a re-run rewrites nothing
-        atomic_write_text(path, text)
+    # a re-run rewrites nothing
+    write_if_changed(out / "gate.json", json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     return result

@@ -30,7 +30,7 @@ import yaml
 
 from distilltune.config import read_yaml
 from distilltune.errors import UserError
-from distilltune.io import atomic_write_json, atomic_write_text
+from distilltune.io import write_if_changed
 
 _STEP = re.compile(r"[^A-Za-z0-9_\-]+")
 
@@ -143,31 +143,19 @@ def retrain(
     text = f"# written by distilltune flywheel from {source}\n" + yaml.safe_dump(
         data, sort_keys=False, allow_unicode=True
     )
-    pipe = load_pipeline(_write_once(path, text), overrides)  # validated before anything trains
+    write_if_changed(path, text)
+    pipe = load_pipeline(path, overrides)  # validated before anything trains
     _check_steps(pipe, task_dir, str(source))
     info = {"source": str(source), "pipeline": str(path), "overrides": list(overrides), "key": key,
             "version": merged["version"], "task_dir": str(task_dir)}  # fmt: skip
-    _write_once(rdir / "retrain.json", json.dumps(info, indent=2) + "\n")
+    write_if_changed(rdir / "retrain.json", json.dumps(info, indent=2) + "\n")
     log(f"retrain: {len(pipe.steps)} step(s) of {source} on {task_dir.name} -> {rdir}")
     outputs = run_pipeline(pipe, reporter=reporter or LineReporter(prefix="[retrain] "))
     last = pipe.steps[-1].name
     if last not in outputs:
         raise UserError(f"{path}: the pipeline stopped before its last step {last!r}; re-run to continue")
     info |= {"steps": {k: str(v) for k, v in outputs.items()}, "candidate": str(outputs[last])}
-    if _changed(rdir / "result.json", info):  # a re-run that trained nothing rewrites nothing
-        atomic_write_json(rdir / "result.json", info)
+    # a re-run that trained nothing rewrites nothing (the bytes atomic_write_json would write)
+    write_if_changed(rdir / "result.json", json.dumps(info, indent=2, ensure_ascii=False, default=str) + "\n")
     log(f"retrain: candidate {outputs[last]}")
     return info
-
-
-def _changed(path: Path, obj: dict) -> bool:
-    try:
-        return json.loads(path.read_text(encoding="utf-8")) != obj
-    except (OSError, ValueError):
-        return True
-
-
-def _write_once(path: Path, text: str) -> Path:
-    if not (path.is_file() and path.read_text(encoding="utf-8") == text):
-        atomic_write_text(path, text)
-    return path

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 
 from distilltune.errors import ProblemList, UserError
-from distilltune.io import atomic_write_text, read_jsonl_objects
+from distilltune.io import atomic_write_text, read_jsonl_objects, write_if_changed
 
 DECISIONS = ("accept", "edit", "reject")
 EDITABLE = ("decision", "answer", "note")
@@ -94,8 +94,7 @@ def write_review(path: str | Path, fresh: list[dict]) -> list[dict]:
         merged.append(item | {k: prev[k] for k in EDITABLE if prev and k in prev})
     merged.extend(old.values())  # items no longer harvested keep their decisions
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in merged)
-    if not p.is_file() or p.read_text(encoding="utf-8") != text:
-        atomic_write_text(p, text)
+    write_if_changed(p, text)
     return merged
 
 

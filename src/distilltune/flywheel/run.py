@@ -32,16 +32,9 @@ from distilltune.flywheel.merge import check_out_dir, load_merged, merge
 from distilltune.flywheel.page import render_page
 from distilltune.flywheel.retrain import retrain
 from distilltune.flywheel.review import apply_decisions, read_review, review_item, write_review
-from distilltune.io import atomic_write_text
+from distilltune.io import write_if_changed
 
 STAGES = ("harvest", "label", "review", "merge", "retrain", "gate")
-
-
-def write_if_changed(path: Path, text: str) -> bool:
-    if path.is_file() and path.read_text(encoding="utf-8") == text:
-        return False
-    atomic_write_text(path, text)
-    return True
 
 
 def _jsonl(rows: list[dict]) -> str:
