@@ -18,17 +18,16 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 
+from acme_views import acme_conversations, write_acme_view
 from cli_run import run_cli
 from serve_helpers import running_server
 
-ACME = Path(__file__).parent.parent / "examples" / "acme-support"
 EMAIL, ACCOUNT, CARD, PHONE = "lena.voss@example.net", "ACME-482913", "4111 1111 1111 1111", "415-555-0199"
 PLANTED = (EMAIL, "lena.voss", ACCOUNT, CARD, CARD.replace(" ", ""), PHONE, "4155550199")
 AREA = ["the Acme mobile app", "offline mode in the mobile app", "push notifications on the phone app",
@@ -49,19 +48,6 @@ def _typo(text: str, rng: random.Random) -> str:
         j = rng.randrange(len(w) - 1)
         words[i] = w[:j] + w[j + 1] + w[j] + w[j + 2 :]
     return " ".join(words)
-
-
-def _write_task(root: Path, pool: list[dict]) -> Path:
-    """An acme task view: 160 training and 30 eval conversations, the bundled knowledge and policy."""
-    root.mkdir(parents=True)
-    shutil.copytree(ACME / "knowledge", root / "knowledge")
-    shutil.copy(ACME / "policy.yaml", root / "policy.yaml")
-    spec = yaml.safe_load((ACME / "task.yaml").read_text())
-    spec["data"] = {"train": "train.jsonl", "eval": "eval.jsonl", "scenarios": None, "adversarial": None}
-    (root / "task.yaml").write_text(yaml.safe_dump(spec))
-    (root / "train.jsonl").write_text("".join(json.dumps(c) + "\n" for c in pool[:160]))
-    (root / "eval.jsonl").write_text("".join(json.dumps(c) + "\n" for c in pool[160:190]))
-    return root
 
 
 def _traffic(pool: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -109,15 +95,14 @@ def _snapshot(root: Path) -> dict[Path, int]:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    pool = []
-    for name in ("train", "eval"):
-        pool += [json.loads(x) for x in (ACME / f"{name}.jsonl").read_text().splitlines() if x.strip()]
+    pool = acme_conversations()
     random.Random(0).shuffle(pool)
     root = tmp_path_factory.mktemp("after-launch")
     files = tmp_path_factory.mktemp("traffic")  # the input, PII included: outside the scanned tree
     for name, rows in zip(("calm", "drifted"), _traffic(pool), strict=True):
         (files / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return root, _write_task(root / "task", pool), files / "calm.jsonl", files / "drifted.jsonl"
+    task = write_acme_view(root / "task", pool[:160], pool[160:190])
+    return root, task, files / "calm.jsonl", files / "drifted.jsonl"
 
 
 def _current_model(root: Path, task: Path, base_model: Path) -> Path:

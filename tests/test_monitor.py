@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import sqlite3
 import zlib
 from pathlib import Path
@@ -17,13 +16,13 @@ import numpy as np
 import pytest
 import yaml
 
+from acme_views import acme_conversations, write_acme_view
 from cli_run import run_cli
 from distilltune.errors import UserError
 from distilltune.monitor import drift, read_log, render_html, run_monitor, summary_lines
 from distilltune.serve.requestlog import LogRecord, RequestLog
 
 TESTS = Path(__file__).parent
-ACME = TESTS.parent / "examples" / "acme-support"
 DIM = 24
 T0 = 1_750_000_000.0
 HOUR = 3600.0
@@ -304,26 +303,11 @@ NEW_TEMPLATES = [
 ]  # fmt: skip
 
 
-def _acme_questions() -> list[dict]:
-    lines = []
-    for name in ("train", "eval"):
-        lines += [json.loads(ln) for ln in (ACME / f"{name}.jsonl").read_text().splitlines() if ln.strip()]
-    return lines
-
-
 def test_cli_end_to_end_with_bundled_embeddings(tmp_path, capsys):
     """Replays through the server's log writer: in-distribution traffic exits 0, drifted traffic exits 1."""
-    convs = _acme_questions()
+    convs = acme_conversations()
     random.Random(0).shuffle(convs)
-    task = tmp_path / "task"
-    task.mkdir()
-    shutil.copytree(ACME / "knowledge", task / "knowledge")
-    shutil.copy(ACME / "policy.yaml", task / "policy.yaml")
-    spec = yaml.safe_load((ACME / "task.yaml").read_text())
-    spec["data"] = {"train": "train.jsonl", "eval": "eval.jsonl", "scenarios": None, "adversarial": None}
-    (task / "task.yaml").write_text(yaml.safe_dump(spec))
-    (task / "train.jsonl").write_text("".join(json.dumps(c) + "\n" for c in convs[:160]))
-    (task / "eval.jsonl").write_text("".join(json.dumps(c) + "\n" for c in convs[160:200]))
+    task = write_acme_view(tmp_path / "task", convs[:160], convs[160:200])
     live = [c["messages"][0]["content"] for c in convs[200:260]]
     new = [t.format(a) for a in NEW_AREAS for t in NEW_TEMPLATES]
     random.Random(1).shuffle(new)
